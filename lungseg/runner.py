@@ -1,0 +1,117 @@
+"""Run the notebooks in order with papermill: ``python -m lungseg.runner [options]``.
+
+Each notebook is read from its py:percent source (the source of truth), given the parameters
+it declares, executed with the kernel's working directory in ``notebooks/``, and saved, executed,
+to ``<OUTPUT_DIR>/notebooks/``. The run stops at the first failing notebook and names the cell.
+
+Examples::
+
+    python -m lungseg.runner                          # the whole pipeline, default settings
+    python -m lungseg.runner --quick                  # a few minutes on 2 CPU cores
+    python -m lungseg.runner -p EPOCHS 50 -p IMG_SIZE 384 --only 03 04 05
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO_ROOT / "notebooks"
+QUICK = {"IMG_SIZE": 64, "EPOCHS": 2, "BASE_FILTERS": 4, "BATCH_SIZE": 8, "SYNTHETIC_COUNT": 24}
+
+
+class NotebookFailed(RuntimeError):
+    pass
+
+
+def notebook_sources(only=None) -> list[Path]:
+    sources = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
+    if only:
+        sources = [s for s in sources if s.name[:2] in only]
+        if not sources:
+            raise SystemExit(f"--only {' '.join(only)} matches no notebook in {NOTEBOOKS}")
+    return sources
+
+
+def declared_parameters(notebook) -> set[str]:
+    """Names assigned in the cell tagged 'parameters'."""
+    for cell in notebook.cells:
+        if "parameters" in cell.metadata.get("tags", []):
+            tree = ast.parse(cell.source)
+            return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+                    if isinstance(t, ast.Name)}
+    return set()
+
+
+def run_pipeline(parameters: dict, output_dir: str = "outputs", only=None, prepare_only: bool = False,
+                 log=print) -> list[Path]:
+    """Execute (or, with ``prepare_only``, only parameterise) the notebooks; return the output paths."""
+    import os
+
+    import jupytext
+    import papermill
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the kernels inherit it: less TensorFlow chatter
+
+    parameters = {**parameters, "OUTPUT_DIR": output_dir}
+    executed_dir = REPO_ROOT / output_dir / "notebooks"
+    executed_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    sources = notebook_sources(only)
+    for number, source in enumerate(sources, start=1):
+        notebook = jupytext.read(source)
+        given = {k: v for k, v in parameters.items() if k in declared_parameters(notebook)}
+        given = {k: v for k, v in given.items() if not (k == "OUTPUT_DIR" and v == "outputs")}
+        target = executed_dir / f"{source.stem}.ipynb"
+        shown = ", ".join(f"{k}={v!r}" for k, v in given.items()) or "defaults"
+        log(f"[{number}/{len(sources)}] {source.stem} ({shown}) ...", end=" ", flush=True)
+        started = time.perf_counter()
+        try:
+            papermill.execute_notebook(notebook, str(target), parameters=given, cwd=str(NOTEBOOKS),
+                                       kernel_name="python3", progress_bar=False, prepare_only=prepare_only)
+        except papermill.PapermillExecutionError as error:
+            log("FAILED")
+            raise NotebookFailed(
+                f"{source.stem} failed in cell {error.cell_index} (execution count {error.exec_count}): "
+                f"{error.ename}: {error.evalue}\nThe executed notebook, with the error, is {target}"
+            ) from None
+        log(f"done in {time.perf_counter() - started:.0f} s -> {target}")
+        written.append(target)
+    return written
+
+
+def parse_value(text: str):
+    """Command-line values: Python literals where they parse (64, 1e-3, True, [0.7, 0.15, 0.15]), else strings."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="a notebook parameter, e.g. -p EPOCHS 10 (given only to notebooks that declare it)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"the quick configuration {QUICK} (explicit -p values win)")
+    parser.add_argument("--output-dir", default="outputs", help="relative to the repository (default: outputs)")
+    parser.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks, e.g. --only 03 04")
+    parser.add_argument("--prepare-only", action="store_true", help="write parameterised notebooks, run nothing")
+    args = parser.parse_args(argv)
+    parameters = {**(QUICK if args.quick else {}), **{k: parse_value(v) for k, v in args.parameter}}
+    started = time.perf_counter()
+    try:
+        run_pipeline(parameters, args.output_dir, args.only, args.prepare_only)
+    except NotebookFailed as error:
+        print(f"\n{error}", file=sys.stderr)
+        return 1
+    print(f"pipeline finished in {time.perf_counter() - started:.0f} s; outputs in {REPO_ROOT / args.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
