@@ -14,8 +14,9 @@ lungseg.models      unet, resunet, build_segmenter, conv_block, residual_block
 lungseg.training    augment_pair, make_dataset, load_training_inputs, train_model,
                     load_trained_model, check_training_settings, describe_device,
                     library_versions
-lungseg.evaluate    overlap_scores, hd95, pooled_dice, paired_comparison, keep_largest_components,
-                    lung_measurements, predict_probabilities, predict_masks, summary_rows
+lungseg.evaluate    overlap_scores, hd95, score_slice, pooled_dice, paired_comparison, summary_rows,
+                    keep_largest_components, lung_measurements, load_split_originals, score_native,
+                    predict_probabilities, predict_masks, predict_folder
 lungseg.plotting    show_pairs, plot_history, error_overlay, mask_overlay, data_label, save_figure
 ==================  =========================================================================
 
@@ -26,9 +27,9 @@ plain ``keras.saving.load_model(path)``.
 from lungseg.data import (LungsegError, check_hu, check_lung_stats, find_pairs, pixel_area_mm2, read_json,
                           read_mask, read_slice, summarise, verify_pairs, write_json)
 from lungseg.download import find_kaggle_credentials, get_dataset, install_archive, safe_extract_zip
-from lungseg.evaluate import (hd95, keep_largest_components, lung_measurements, overlap_scores,
-                              paired_comparison, pooled_dice, predict_masks, predict_probabilities,
-                              summary_rows)
+from lungseg.evaluate import (hd95, keep_largest_components, load_split_originals, lung_measurements,
+                              overlap_scores, paired_comparison, pooled_dice, predict_folder, predict_masks,
+                              predict_probabilities, score_native, score_slice, summary_rows)
 from lungseg.losses import bce_dice_loss, dice_coef, iou_coef
 from lungseg.models import build_segmenter, conv_block, residual_block, resunet, unet
 from lungseg.plotting import data_label, error_overlay, mask_overlay, plot_history, save_figure, show_pairs

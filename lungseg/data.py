@@ -41,9 +41,7 @@ def read_slice(path: str | Path, *, png_hu_offset: int = PNG_HU_OFFSET) -> np.nd
     suffix = path.suffix.lower()
     try:
         if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            array = tifffile.imread(path)
+            array = _read_tiff(path)
         elif suffix == ".dcm":
             array = _read_dicom_hu(path)
         elif suffix == ".png":
@@ -71,6 +69,21 @@ def read_slice(path: str | Path, *, png_hu_offset: int = PNG_HU_OFFSET) -> np.nd
     if array.ndim != 2:
         raise LungsegError(f"{path}: expected one 2-D slice, got an array of shape {array.shape}.")
     return array
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    """tifffile first (lossless, any dtype); OpenCV with IMREAD_UNCHANGED for compressions that
+    tifffile cannot decode without the optional imagecodecs package (e.g. LZW)."""
+    import cv2
+    import tifffile
+
+    try:
+        return tifffile.imread(path)
+    except Exception:
+        array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if array is None:
+            raise
+        return array
 
 
 def _read_dicom_hu(path: Path) -> np.ndarray:

@@ -130,5 +130,74 @@ def summary_rows(per_slice: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     scores = ["dice", "iou", "precision", "recall", "hd95_mm"]
     grouped = per_slice.groupby(by)[scores]
     table = grouped.mean().add_suffix("_mean").join(grouped.std().add_suffix("_std"))
-    table["dice_min"] = grouped["dice"].min()
+    table["dice_min"] = per_slice.groupby(by)["dice"].min()
     return table.reset_index()
+
+
+# --------------------------------------------------------------------------- whole-split evaluation
+def load_split_originals(output_dir, split: str = "test") -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    """Names, original HU slices and original masks (native resolution) of one split of the manifest."""
+    from pathlib import Path
+
+    from lungseg.data import read_mask, read_slice
+
+    data = Path(output_dir) / "data"
+    for needed, notebook in ((data / "pairs.csv", "01_download"), (data / "split_manifest.csv", "02_preprocess")):
+        if not needed.is_file():
+            raise LungsegError(f"{needed} is missing: run notebooks/{notebook} first (with the same OUTPUT_DIR).")
+    pairs = pd.read_csv(data / "pairs.csv").merge(pd.read_csv(data / "split_manifest.csv"), on="name")
+    part = pairs[pairs.split == split]
+    return (list(part.name), [read_slice(p) for p in part.image_path], [read_mask(p) for p in part.mask_path])
+
+
+def score_native(model, settings: dict, names, images_hu, masks, spacing_mm: float,
+                 threshold: float = 0.5) -> tuple[pd.DataFrame, dict]:
+    """Predict at model resolution, bring probabilities back to each slice's size, threshold, and
+    score against the original masks; with and without post-processing (two largest components,
+    holes filled). Returns per-slice rows and the predicted masks {postprocessed: [masks]}, and
+    times the whole inference (pre-processing, network, resizing back, thresholding)."""
+    import time
+
+    started = time.perf_counter()
+    probabilities = predict_probabilities(model, images_hu, settings)
+    raw = [(p >= threshold).astype(np.uint8) for p in probabilities]
+    seconds = time.perf_counter() - started
+    predictions = {False: raw, True: [keep_largest_components(m) for m in raw]}
+    rows = [{"name": name, "postprocessed": post, **score_slice(truth, predicted, spacing_mm)}
+            for post, masks_ in predictions.items() for name, truth, predicted in zip(names, masks, masks_)]
+    table = pd.DataFrame(rows)
+    table.attrs["inference_seconds"] = seconds
+    return table, predictions
+
+
+def predict_folder(model, settings: dict, inputs, output_dir, postprocess: bool = True) -> pd.DataFrame:
+    """Segment the user's slices and save, for each, ``<stem>_mask.png`` (0/255, input size) and
+    ``<stem>_overlay.png``. ``inputs``: a folder (TIFF, PNG, DICOM files) or a list of files."""
+    from pathlib import Path
+
+    import cv2
+
+    from lungseg.data import IMAGE_SUFFIXES, read_slice
+    from lungseg.plotting import mask_overlay
+    from lungseg.preprocess import window_hu
+
+    if isinstance(inputs, (str, Path)):
+        folder = Path(inputs)
+        if not folder.is_dir():
+            raise LungsegError(f"PREDICT_DIR={str(folder)!r} is not a folder. Point it at a folder of CT slices.")
+        inputs = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not inputs:
+            raise LungsegError(f"PREDICT_DIR={str(folder)!r} holds no {', '.join(IMAGE_SUFFIXES)} files.")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path in map(Path, inputs):
+        image = read_slice(path)
+        check_hu(image, path)
+        mask = predict_masks(model, image, settings, postprocess=postprocess)
+        cv2.imwrite(str(output_dir / f"{path.stem}_mask.png"), mask * 255)
+        overlay = mask_overlay(window_hu(image, settings["hu_min"], settings["hu_max"]), mask)
+        cv2.imwrite(str(output_dir / f"{path.stem}_overlay.png"), (overlay[..., ::-1] * 255).astype(np.uint8))
+        rows.append({"input": str(path), "shape": image.shape, "lung_fraction": float(mask.mean()),
+                     "mask": str(output_dir / f"{path.stem}_mask.png")})
+    return pd.DataFrame(rows)

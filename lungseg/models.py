@@ -14,13 +14,17 @@ from keras import layers
 from lungseg.preprocess import check_img_size
 
 DEPTH = 4  # downsampling stages: the input size must be divisible by 2**4 = 16
+# Batch norm's moving statistics (used at validation and inference) follow the batches with this
+# momentum. Keras' default, 0.99, needs hundreds of steps to settle; with ~20 steps per epoch the
+# validation scores of the first epochs would reflect stale statistics, not the model.
+BN_MOMENTUM = 0.9
 
 
 def conv_block(x, filters: int, name: str):
     """U-Net block: two 3x3 convolutions, each followed by batch normalisation and ReLU."""
     for index in (1, 2):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{index}")(x)
-        x = layers.BatchNormalization(name=f"{name}_bn{index}")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn{index}")(x)
         x = layers.Activation("relu", name=f"{name}_relu{index}")(x)
     return x
 
@@ -33,12 +37,12 @@ def residual_block(x, filters: int, name: str):
     shortcut = x
     if x.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_proj")(x)
-        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+        shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_proj_bn")(shortcut)
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv1")(x)
-    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn1")(y)
     y = layers.Activation("relu", name=f"{name}_relu1")(y)
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
-    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn2")(y)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.Activation("relu", name=f"{name}_out")(y)
 

@@ -23,12 +23,14 @@ def augment_pair(image, mask, seed, rotation_degrees: float = 10.0, flip_left_ri
                  flip_up_down: bool = False):
     """Randomly flip and rotate an image (H, W, 1) and its mask with the *same* transform.
 
-    ``seed`` is a shape-[2] int tensor (stateless random ops: reproducible for a given seed).
+    Arrays or tensors; ``seed`` is two integers (stateless random ops: the same seed gives the
+    same transform).
     Image and mask are stacked as two channels and transformed together (bilinear); the mask
     is thresholded at 0.5 afterwards, so it stays binary. Rotation fills with 0, which is air
     after windowing. Up-down flips are off by default: an upside-down chest is not a CT slice
     a model will ever see, whereas left-right mirror images are plausible anatomy variants.
     """
+    image, mask = tf.convert_to_tensor(image), tf.convert_to_tensor(mask)
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
     both = tf.concat([tf.cast(image, tf.float32), tf.cast(mask, tf.float32)], axis=-1)
     if flip_left_right:
@@ -207,7 +209,7 @@ def train_model(build_model, arrays: dict, preprocessing: dict, *, name: str, ou
     keeper = KeepBestModel(in_progress)
     history_csv = models_dir / f"{name}_history.csv"
     started = time.perf_counter()
-    model.fit(train, validation_data=val, epochs=epochs, verbose=2,
+    model.fit(train, validation_data=val, epochs=epochs, verbose=2, shuffle=False,  # tf.data shuffles
               callbacks=[keeper, keras.callbacks.CSVLogger(str(history_csv))])
     total_seconds = time.perf_counter() - started
     final = models_dir / f"{name}.keras"

@@ -45,7 +45,6 @@ sys.path.insert(0, str(REPO_ROOT))
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
 import lungseg_utils as lu
 
@@ -163,8 +162,7 @@ print("wrote", arrays_path, f"({arrays_path.stat().st_size / 1e6:.0f} MB) and pr
 
 # %%
 image, mask = arrays["x_train"][0], arrays["y_train"][0]
-augmented = [lu.augment_pair(tf.constant(image), tf.constant(mask), seed=tf.constant([SEED, i]), **augmentation)
-             for i in range(5)]
+augmented = [lu.augment_pair(image, mask, seed=[SEED, i], **augmentation) for i in range(5)]
 rows = [[image[..., 0]] + [a[0].numpy()[..., 0] for a in augmented],
         [mask[..., 0]] + [a[1].numpy()[..., 0] for a in augmented]]
 lu.show_pairs(rows, ["original"] + [f"augmented {i + 1}" for i in range(5)], ["image", "mask"],

@@ -1,0 +1,76 @@
+"""Windowing, resizing, the split, and augmentation."""
+
+import numpy as np
+import pytest
+
+from lungseg.data import LungsegError, read_mask, read_slice
+from lungseg.preprocess import check_img_size, make_split, preprocess_slice, resize_mask, window_hu
+from lungseg.training import augment_pair
+
+
+def test_window_maps_the_hu_range_to_unit_interval():
+    hu = np.array([[-3000, -1000, -300], [400, 2000, 50]], np.int16)
+    np.testing.assert_allclose(window_hu(hu, -1000, 400), [[0, 0, 0.5], [1, 1, 1050 / 1400]], atol=1e-6)
+    with pytest.raises(LungsegError, match="HU_MAX must be greater"):
+        window_hu(hu, 400, -1000)
+
+
+def test_preprocessed_real_slice(real_data, real_names):
+    image = preprocess_slice(read_slice(real_data / "2d_images" / real_names[0]), 256, -1000, 400)
+    assert image.shape == (256, 256) and image.dtype == np.float32
+    assert 0.0 <= image.min() < 0.1 and 0.5 < image.max() <= 1.0
+
+
+@pytest.mark.parametrize("size", [64, 128, 256, 384])
+def test_resized_masks_stay_binary_and_keep_their_area(real_data, real_names, size):
+    for name in real_names[:5]:
+        mask = read_mask(real_data / "2d_masks" / name)
+        small = resize_mask(mask, size)
+        assert small.shape == (size, size) and small.dtype == np.uint8
+        assert set(np.unique(small)) <= {0, 1}
+        assert small.mean() == pytest.approx(mask.mean(), abs=0.01)
+
+
+def test_split_is_deterministic_and_complete(real_names):
+    first, again = make_split(real_names, seed=0), make_split(list(reversed(real_names)), seed=0)
+    assert first.equals(again)  # depends on the names and the seed only, not their order
+    assert first.split.value_counts().to_dict() == {"train": 151, "val": 33, "test": 33}
+    assert sorted(first.name) == sorted(real_names)
+    other = make_split(real_names, seed=1)
+    assert not first.split.equals(other.split)
+
+
+def test_split_that_leaves_a_part_empty():
+    with pytest.raises(LungsegError, match="every part needs at least one"):
+        make_split([f"s{i}.tif" for i in range(5)], (0.9, 0.05, 0.05))
+    with pytest.raises(LungsegError, match="summing to 1"):
+        make_split(["a", "b", "c"], (0.5, 0.5, 0.5))
+
+
+@pytest.mark.parametrize("size", [0, 50, 100, 250, -16, 25.6])
+def test_image_sizes_the_models_cannot_use(size):
+    with pytest.raises(LungsegError, match="multiple of 16"):
+        check_img_size(size)
+
+
+def test_augmentation_moves_image_and_mask_together(real_data, real_names):
+    mask = resize_mask(read_mask(real_data / "2d_masks" / real_names[3]), 128)[..., None]
+    image = mask.astype(np.float32)  # an image equal to its mask: any misalignment would show
+    for index in range(6):
+        new_image, new_mask = augment_pair(image, mask, seed=[0, index], rotation_degrees=15.0)
+        new_image, new_mask = new_image.numpy(), new_mask.numpy()
+        assert new_mask.dtype == np.uint8 and set(np.unique(new_mask)) <= {0, 1}
+        assert np.mean((new_image >= 0.5) != new_mask) == 0.0
+        assert new_mask.mean() == pytest.approx(mask.mean(), abs=0.02)
+
+
+def test_augmentation_is_random_but_reproducible(real_data, real_names):
+    image = preprocess_slice(read_slice(real_data / "2d_images" / real_names[0]), 64, -1000, 400)[..., None]
+    mask = resize_mask(read_mask(real_data / "2d_masks" / real_names[0]), 64)[..., None]
+    a = augment_pair(image, mask, seed=[3, 4])[0].numpy()
+    b = augment_pair(image, mask, seed=[3, 4])[0].numpy()
+    c = augment_pair(image, mask, seed=[3, 5])[0].numpy()
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    same = augment_pair(image, mask, seed=[3, 4], rotation_degrees=0.0, flip_left_right=False)[0].numpy()
+    np.testing.assert_array_equal(same, image)
