@@ -64,6 +64,8 @@ def read_slice(path: str | Path, *, png_hu_offset: int = PNG_HU_OFFSET) -> np.nd
             "Re-download or re-export this file, or remove it together with its mask."
         ) from error
     array = np.asarray(array)
+    if array.size == 0:
+        raise LungsegError(f"{path}: unreadable or corrupt image (no pixel data). Re-download or re-export it.")
     if array.ndim == 3 and array.shape[-1] in (3, 4):
         raise LungsegError(f"{path}: a colour image ({array.shape}); a CT slice has one channel in HU.")
     if array.ndim != 2:

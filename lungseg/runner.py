@@ -63,12 +63,14 @@ def run_pipeline(parameters: dict, output_dir: str = "outputs", only=None, prepa
     written = []
     sources = notebook_sources(only)
     for number, source in enumerate(sources, start=1):
-        notebook = jupytext.read(source)
+        # Executed runs start from the .py source of truth; prepared copies (for nbval) from the
+        # committed .ipynb, whose outputs are what nbval compares against.
+        notebook = jupytext.read(source.with_suffix(".ipynb") if prepare_only else source)
         given = {k: v for k, v in parameters.items() if k in declared_parameters(notebook)}
         given = {k: v for k, v in given.items() if not (k == "OUTPUT_DIR" and v == "outputs")}
         target = executed_dir / f"{source.stem}.ipynb"
         shown = ", ".join(f"{k}={v!r}" for k, v in given.items()) or "defaults"
-        log(f"[{number}/{len(sources)}] {source.stem} ({shown}) ...", end=" ", flush=True)
+        log(f"[{number}/{len(sources)}] {source.stem} ({shown}) ...", end=" " if not prepare_only else "\n", flush=True)
         started = time.perf_counter()
         try:
             papermill.execute_notebook(notebook, str(target), parameters=given, cwd=str(NOTEBOOKS),
@@ -79,9 +81,25 @@ def run_pipeline(parameters: dict, output_dir: str = "outputs", only=None, prepa
                 f"{source.stem} failed in cell {error.cell_index} (execution count {error.exec_count}): "
                 f"{error.ename}: {error.evalue}\nThe executed notebook, with the error, is {target}"
             ) from None
-        log(f"done in {time.perf_counter() - started:.0f} s -> {target}")
+        if not prepare_only:
+            log(f"done in {time.perf_counter() - started:.0f} s -> {target}")
         written.append(target)
     return written
+
+
+def publish(executed: list[Path]) -> None:
+    """Copy executed notebooks over the committed ``notebooks/NN_*.ipynb`` (inputs are unchanged:
+    they came from the .py), without papermill's timing metadata, so GitHub and Colab readers see
+    the outputs of a real run."""
+    import jupytext
+
+    for path in executed:
+        notebook = jupytext.read(path)
+        notebook.metadata.pop("papermill", None)
+        for cell in notebook.cells:
+            cell.metadata.pop("papermill", None)
+            cell.metadata.pop("execution", None)
+        jupytext.write(notebook, NOTEBOOKS / path.name, fmt="ipynb")
 
 
 def parse_value(text: str):
@@ -100,15 +118,21 @@ def main(argv=None) -> int:
                         help=f"the quick configuration {QUICK} (explicit -p values win)")
     parser.add_argument("--output-dir", default="outputs", help="relative to the repository (default: outputs)")
     parser.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks, e.g. --only 03 04")
-    parser.add_argument("--prepare-only", action="store_true", help="write parameterised notebooks, run nothing")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="write parameterised copies of the committed .ipynb (outputs kept), run nothing")
+    parser.add_argument("--publish", action="store_true",
+                        help="after a successful run, copy the executed notebooks (with outputs) into notebooks/")
     args = parser.parse_args(argv)
     parameters = {**(QUICK if args.quick else {}), **{k: parse_value(v) for k, v in args.parameter}}
     started = time.perf_counter()
     try:
-        run_pipeline(parameters, args.output_dir, args.only, args.prepare_only)
+        executed = run_pipeline(parameters, args.output_dir, args.only, args.prepare_only)
     except NotebookFailed as error:
         print(f"\n{error}", file=sys.stderr)
         return 1
+    if args.publish and not args.prepare_only:
+        publish(executed)
+        print("published the executed notebooks into", NOTEBOOKS)
     print(f"pipeline finished in {time.perf_counter() - started:.0f} s; outputs in {REPO_ROOT / args.output_dir}")
     return 0
 

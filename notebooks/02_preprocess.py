@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -60,7 +62,7 @@ IMG_SIZE = 256
 HU_MIN = -1000
 HU_MAX = 400
 SPLIT = [0.7, 0.15, 0.15]
-SEED = 0
+SPLIT_SEED = 0
 ROTATION_DEGREES = 10.0
 FLIP_LEFT_RIGHT = True
 FLIP_UP_DOWN = False
@@ -76,7 +78,7 @@ pairs = pd.read_csv(output_dir / "data" / "pairs.csv")
 augmentation = {"rotation_degrees": float(ROTATION_DEGREES), "flip_left_right": bool(FLIP_LEFT_RIGHT),
                 "flip_up_down": bool(FLIP_UP_DOWN)}
 config = {"OUTPUT_DIR": str(output_dir), "IMG_SIZE": IMG_SIZE, "HU window": (HU_MIN, HU_MAX),
-          "SPLIT": SPLIT, "SEED": SEED, "augmentation": augmentation,
+          "SPLIT": SPLIT, "SPLIT_SEED": SPLIT_SEED, "augmentation": augmentation,
           "data": f"{dataset['source']}{lu.data_label(dataset['synthetic'])}: {len(pairs)} pairs"}
 pd.Series({**config, **lu.library_versions()}, name="value").to_frame()
 
@@ -103,12 +105,12 @@ lu.save_figure(figure, output_dir / "figures" / "02_hu_window.png", dataset["syn
 # %% [markdown]
 # ## Split once, and write it down
 # Each slice is its own group (the file names carry no patient id, and no two slices look like
-# neighbours). The split depends only on the file names and `SEED`; the manifest records it so that
+# neighbours). The split depends only on the file names and `SPLIT_SEED`; the manifest records it so that
 # the training and evaluation notebooks, and you, see exactly which slices were held out.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-manifest = lu.make_split(pairs.name, SPLIT, SEED)
+manifest = lu.make_split(pairs.name, SPLIT, SPLIT_SEED)
 manifest.to_csv(output_dir / "data" / "split_manifest.csv", index=False)
 print(manifest.split.value_counts().reindex(["train", "val", "test"]).to_string())
 
@@ -146,7 +148,7 @@ arrays_path = output_dir / "data" / "arrays.npz"
 temporary = arrays_path.with_name("arrays.partial.npz")
 np.savez(temporary, **arrays)
 temporary.replace(arrays_path)
-settings = {"img_size": IMG_SIZE, "hu_min": HU_MIN, "hu_max": HU_MAX, "split": SPLIT, "split_seed": SEED,
+settings = {"img_size": IMG_SIZE, "hu_min": HU_MIN, "hu_max": HU_MAX, "split": SPLIT, "split_seed": SPLIT_SEED,
             "augmentation": augmentation, "data_source": dataset["source"], "synthetic": dataset["synthetic"],
             "data_root": dataset["root"], "slices": {s: int(len(arrays[f"x_{s}"])) for s in ("train", "val", "test")}}
 lu.write_json(output_dir / "data" / "preprocess.json", settings)
@@ -162,7 +164,7 @@ print("wrote", arrays_path, f"({arrays_path.stat().st_size / 1e6:.0f} MB) and pr
 
 # %%
 image, mask = arrays["x_train"][0], arrays["y_train"][0]
-augmented = [lu.augment_pair(image, mask, seed=[SEED, i], **augmentation) for i in range(5)]
+augmented = [lu.augment_pair(image, mask, seed=[SPLIT_SEED, i], **augmentation) for i in range(5)]
 rows = [[image[..., 0]] + [a[0].numpy()[..., 0] for a in augmented],
         [mask[..., 0]] + [a[1].numpy()[..., 0] for a in augmented]]
 lu.show_pairs(rows, ["original"] + [f"augmented {i + 1}" for i in range(5)], ["image", "mask"],

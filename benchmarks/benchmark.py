@@ -1,0 +1,160 @@
+"""Benchmark: run the whole pipeline (01-05) on the real slices at the committed defaults, once per
+training seed, and record accuracy at native resolution, training and inference speed, memory.
+
+    .venv/bin/python benchmarks/benchmark.py --data-dir ../shared/data/finding-lungs-in-ct-data --seeds 0 1 2
+    .venv/bin/python benchmarks/benchmark.py --label base8 -p BASE_FILTERS 8 --seeds 0   # an ablation
+    .venv/bin/python benchmarks/benchmark.py --readme                                    # README table only
+
+Writes ``outputs/benchmark[-LABEL].json`` (and a copy in ``benchmarks/results/``) and prints a table.
+The split is the same for every seed (02's SPLIT_SEED); SEED changes the training (initial weights,
+shuffling, augmentation), so the spread over seeds is the training noise on one test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from lungseg import runner  # noqa: E402
+
+RESULTS = REPO_ROOT / "benchmarks" / "results"
+MODELS = ("unet", "resunet")
+REFERENCE = {"source": "Kaggle U-Net notebook on this dataset (its own split, 25 epochs)", "dice": 0.9650, "iou": 0.9317}
+
+
+def time_inference(output_dir: Path, name: str, repeats: int = 3) -> dict:
+    """Slices per second through ``predict_masks`` (windowing, resizing, network, resizing back,
+    thresholding, post-processing) on the test slices at 512x512: one at a time, and in one batch."""
+    import lungseg_utils as lu
+
+    model, settings = lu.load_trained_model(output_dir / "models" / f"{name}.keras")
+    _, images, _ = lu.load_split_originals(output_dir, "test")
+    lu.predict_masks(model, images[:8], settings, postprocess=True)  # warm-up: graph tracing
+    single, batched = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for image in images:
+            lu.predict_masks(model, image, settings, postprocess=True)
+        single.append(len(images) / (time.perf_counter() - started))
+        started = time.perf_counter()
+        lu.predict_masks(model, images, settings, postprocess=True, batch_size=len(images))
+        batched.append(len(images) / (time.perf_counter() - started))
+    return {"slices_per_s_batch1": float(np.median(single)), "slices_per_s_batched": float(np.median(batched)),
+            "batched_size": len(images)}
+
+
+def run_seed(seed: int, parameters: dict, output_dir: str, publish: bool) -> dict:
+    started = time.perf_counter()
+    executed = runner.run_pipeline({**parameters, "SEED": seed}, output_dir)
+    pipeline_seconds = time.perf_counter() - started
+    if publish:
+        runner.publish(executed)
+    out = REPO_ROOT / output_dir
+    evaluation = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    summary = pd.read_csv(out / "evaluation" / "summary.csv")
+    per_model = {}
+    for name in MODELS:
+        record = json.loads((out / "models" / f"{name}.json").read_text())
+        rows = summary[(summary.model == name) & (summary.resolution == "native")].set_index("postprocessed")
+        raw, post = rows.loc[False], rows.loc[True]
+        per_model[name] = {
+            "dice_mean": raw.dice_mean, "dice_std": raw.dice_std, "dice_min": raw.dice_min, "iou_mean": raw.iou_mean,
+            "pooled_dice": raw.pooled_dice, "hd95_mm_mean": raw.hd95_mm_mean,
+            "postprocessed_dice_mean": post.dice_mean, "postprocessed_dice_min": post.dice_min,
+            "postprocessed_hd95_mm_mean": post.hd95_mm_mean,
+            "model_resolution_dice_mean": float(summary[(summary.model == name) & (summary.resolution != "native")].dice_mean.iloc[0]),
+            "parameters": record["parameters"], "best_epoch": record["best_epoch"],
+            "seconds_per_epoch": record["seconds_per_epoch"], "training_seconds": record["training_seconds"],
+            **time_inference(out, name),
+        }
+    return {"seed": seed, "pipeline_seconds": pipeline_seconds, "models": per_model,
+            "paired_dice_unet_minus_resunet": evaluation["paired_dice"], "test_slices": evaluation["test_slices"],
+            "device": record["device"], "settings": {k: record[k] for k in (
+                "img_size", "hu_min", "hu_max", "epochs", "batch_size", "learning_rate", "base_filters",
+                "augmentation", "split", "split_seed")}, "versions": record["versions"]}
+
+
+def aggregate(runs: list[dict]) -> dict:
+    result = {}
+    for name in MODELS:
+        table = pd.DataFrame([run["models"][name] for run in runs])
+        result[name] = {f"{key}_mean_over_seeds": float(table[key].mean()) for key in table.columns}
+        result[name] |= {f"{key}_std_over_seeds": float(table[key].std(ddof=1)) if len(table) > 1 else 0.0
+                         for key in ("dice_mean", "iou_mean", "dice_min", "hd95_mm_mean", "postprocessed_dice_mean")}
+    differences = [run["models"]["unet"]["dice_mean"] - run["models"]["resunet"]["dice_mean"] for run in runs]
+    result["unet_minus_resunet_dice_per_seed"] = differences
+    result["pipeline_seconds_mean"] = float(np.mean([run["pipeline_seconds"] for run in runs]))
+    return result
+
+
+def print_table(benchmark: dict) -> None:
+    rows = []
+    for run in benchmark["runs"]:
+        for name, values in run["models"].items():
+            rows.append({"seed": run["seed"], "model": name, "Dice": values["dice_mean"], "IoU": values["iou_mean"],
+                         "worst": values["dice_min"], "pooled": values["pooled_dice"], "HD95 mm": values["hd95_mm_mean"],
+                         "Dice pp": values["postprocessed_dice_mean"], "s/epoch": values["seconds_per_epoch"],
+                         "train s": values["training_seconds"], "slices/s b1": values["slices_per_s_batch1"],
+                         "slices/s batch": values["slices_per_s_batched"]})
+    print(pd.DataFrame(rows).round(4).to_string(index=False))
+    print(f"device: {benchmark['device']}; pipeline 01-05: {benchmark['summary']['pipeline_seconds_mean']:.0f} s per seed; "
+          f"peak RSS of the notebook kernels: {benchmark['peak_rss_mb']:.0f} MB")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=str(REPO_ROOT.parent / "shared" / "data" / "finding-lungs-in-ct-data"))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    parser.add_argument("--label", default="", help="name of a non-default configuration (an ablation)")
+    parser.add_argument("--publish", action="store_true",
+                        help="run the first seed in outputs/ and copy its executed notebooks into notebooks/")
+    parser.add_argument("--readme", action="store_true", help="only regenerate the README's Results section")
+    args = parser.parse_args(argv)
+    if args.readme:
+        from render_results import update_readme
+
+        update_readme()
+        return 0
+    parameters = {"DATA_SOURCE": "folder", "DATA_DIR": args.data_dir,
+                  **{k: runner.parse_value(v) for k, v in args.parameter}}
+    suffix = f"-{args.label}" if args.label else ""
+    runs = []
+    for index, seed in enumerate(args.seeds):
+        publish = args.publish and index == 0
+        output_dir = "outputs" if publish else f"outputs/benchmark{suffix}/seed_{seed}"
+        print(f"=== seed {seed} -> {output_dir}")
+        runs.append(run_seed(seed, parameters, output_dir, publish))
+    benchmark = {
+        "label": args.label or "default", "overrides": {k: v for k, v in parameters.items() if k not in ("DATA_SOURCE", "DATA_DIR")},
+        "data": f"real slices in {Path(args.data_dir).name} ({runs[0]['test_slices']} test slices, native 512x512)",
+        "device": runs[0]["device"], "machine": platform.platform(), "command": "python benchmarks/benchmark.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": time.strftime("%Y-%m-%d"), "reference_reported": REFERENCE,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "summary": aggregate(runs), "runs": runs,
+    }
+    target = REPO_ROOT / "outputs" / f"benchmark{suffix}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(benchmark, indent=2, default=float) + "\n")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(target, RESULTS / target.name)
+    print_table(benchmark)
+    print("wrote", target, "and", RESULTS / target.name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Scores on hand-made masks, lung measurements against lung_stats.csv, and inference on real slices,
+DICOM, PNG and bad input."""
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from lungseg.data import LungsegError, read_mask, read_slice
+from lungseg.evaluate import (hd95, keep_largest_components, lung_measurements, overlap_scores,
+                              paired_comparison, pooled_dice, predict_folder, predict_masks, predict_probabilities,
+                              score_native)
+from lungseg.preprocess import preprocess_slice, resize_mask
+
+
+def _square(top, left, size=20, shape=(64, 64)):
+    mask = np.zeros(shape, np.uint8)
+    mask[top:top + size, left:left + size] = 1
+    return mask
+
+
+def test_overlap_scores_by_hand():
+    truth, prediction = _square(10, 10), _square(10, 20)  # 20x20 squares overlapping on 20x10
+    scores = overlap_scores(truth, prediction)
+    assert scores["dice"] == pytest.approx(0.5)
+    assert scores["iou"] == pytest.approx(200 / 600)
+    assert scores["precision"] == pytest.approx(0.5) and scores["recall"] == pytest.approx(0.5)
+    empty = np.zeros_like(truth)
+    assert overlap_scores(empty, empty) == {"dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0}
+    assert overlap_scores(truth, empty)["dice"] == 0.0 and overlap_scores(truth, empty)["precision"] == 0.0
+    assert overlap_scores(empty, prediction)["recall"] == 0.0
+
+
+def test_hd95_on_shapes_with_known_distance():
+    truth = _square(20, 20)
+    assert hd95(truth, truth) == 0.0
+    # The same square moved 3 pixels right: every boundary distance is 0..3 pixels; the 95th
+    # percentile is 3 pixels, i.e. 3 x spacing in mm.
+    assert hd95(truth, _square(20, 23), spacing_mm=0.8) == pytest.approx(3 * 0.8)
+    # Two single pixels 7 apart: every distance is 7.
+    assert hd95(_square(10, 10, size=1), _square(10, 17, size=1), spacing_mm=0.5) == pytest.approx(3.5)
+    empty = np.zeros_like(truth)
+    assert hd95(empty, empty) == 0.0 and hd95(truth, empty) == float("inf")
+
+
+def test_pooled_dice_weighs_pixels_not_slices():
+    big, small = _square(0, 0, 40), _square(0, 0, 4)
+    assert pooled_dice([big, small], [big, np.zeros_like(small)]) == pytest.approx(2 * 1600 / (1616 + 1600))
+
+
+def test_paired_comparison_finds_a_real_difference_and_no_false_one():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.95, 0.99, 40)
+    clear = paired_comparison(a, a - 0.01, seed=0)
+    assert clear["mean_difference"] == pytest.approx(0.01) and clear["ci95_low"] > 0 and clear["wilcoxon_p"] < 0.001
+    noise = paired_comparison(a, a + rng.normal(0, 0.01, 40), seed=0)
+    assert noise["ci95_low"] < 0 < noise["ci95_high"]
+
+
+def test_post_processing_keeps_two_lungs_and_fills_holes():
+    mask = _square(5, 5) | _square(5, 35) | _square(50, 50, 3)
+    mask[10:12, 10:12] = 0  # a hole
+    cleaned = keep_largest_components(mask)
+    assert cleaned.sum() == 2 * 400 and cleaned[50, 50] == 0 and cleaned[10, 10] == 1
+
+
+def test_lung_measurements_reproduce_lung_stats(real_data, real_names):
+    stats = pd.read_csv(real_data / "lung_stats.csv").set_index("img_id")
+    for name in real_names[:10]:
+        values = lung_measurements(read_slice(real_data / "2d_images" / name),
+                                   read_mask(real_data / "2d_masks" / name), 0.703125)
+        row = stats.loc[name]
+        assert values["area_mm2"] == pytest.approx(row.lung_area_mm2)
+        assert values["mean_hu"] == pytest.approx(row.lung_mean_hu)
+        assert values["pd05_hu"] == pytest.approx(row.lung_pd05_hu)
+        assert values["pd95_hu"] == pytest.approx(row.lung_pd95_hu)
+
+
+def test_inference_on_real_slices_matches_the_evaluation_path(trained_unet, real_data, real_arrays):
+    model, settings = trained_unet.model, trained_unet.record
+    names = real_arrays["names_test"][:4]
+    slices = [read_slice(real_data / "2d_images" / n) for n in names]
+    masks = predict_masks(model, slices, settings)
+    assert [m.shape for m in masks] == [(512, 512)] * 4
+    assert all(m.dtype == np.uint8 and set(np.unique(m)) <= {0, 1} for m in masks)
+    # The notebook's evaluation path (score_native) gives the same masks.
+    truths = [read_mask(real_data / "2d_masks" / n) for n in names]
+    table, evaluated = score_native(model, settings, names, slices, truths, spacing_mm=0.8385)
+    for mask, same in zip(masks, evaluated[False]):
+        np.testing.assert_array_equal(mask, same)
+    # And the network saw what it saw in training: at 64 px the masks agree with the predictions
+    # on the arrays of 02 on nearly every pixel (only resampling at the boundary differs).
+    direct = model.predict(real_arrays["x_test"][:4], verbose=0)[..., 0] >= 0.5
+    for mask, low in zip(masks, direct):
+        assert np.mean(resize_mask(mask, 64) == low) > 0.98
+    # And it segments lungs: Dice against the true masks at native resolution.
+    assert table[~table.postprocessed].dice.mean() > 0.85
+    # One slice of another size in, one mask of that size out.
+    cropped = slices[0][50:450, 20:500]
+    assert predict_masks(model, cropped, settings).shape == cropped.shape
+
+
+def test_inference_settings_come_from_the_model_record(trained_unet, real_data, real_arrays):
+    image = read_slice(real_data / "2d_images" / real_arrays["names_test"][0])
+    shifted = dict(trained_unet.record, hu_min=-500, hu_max=900)  # another window: other input, other output
+    a = predict_probabilities(trained_unet.model, image, trained_unet.record)[0]
+    b = predict_probabilities(trained_unet.model, image, shifted)[0]
+    assert np.abs(a - b).mean() > 0.01
+    np.testing.assert_allclose(preprocess_slice(image, 64, -1000, 400), real_arrays["x_test"][0, ..., 0], atol=1e-6)
+
+
+def test_dicom_with_rescale_slope_and_intercept(tmp_path, real_data, real_names):
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    hu = read_slice(real_data / "2d_images" / real_names[0]).astype(np.int32)
+    slope, intercept = 0.5, -1024.0
+    stored = ((hu - intercept) / slope).astype(np.uint16)  # HU = stored * slope + intercept
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = pydicom.Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID, dataset.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "CT"
+    dataset.Rows, dataset.Columns = hu.shape
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 16, 15, 0
+    dataset.RescaleSlope, dataset.RescaleIntercept = slope, intercept
+    dataset.PixelData = stored.tobytes()
+    dataset.save_as(tmp_path / "slice.dcm", enforce_file_format=True)
+    np.testing.assert_array_equal(read_slice(tmp_path / "slice.dcm"), hu)
+
+
+def test_predict_folder_with_tiff_png_and_refusals(trained_unet, real_data, real_names, tmp_path):
+    inputs = tmp_path / "my_scans"
+    inputs.mkdir()
+    hu = read_slice(real_data / "2d_images" / real_names[0])
+    cv2.imwrite(str(inputs / "png16.png"), (hu.astype(np.int32) + 1024).clip(0, 65535).astype(np.uint16))
+    (inputs / "tiff.tif").write_bytes((real_data / "2d_images" / real_names[1]).read_bytes())
+    written = predict_folder(trained_unet.model, trained_unet.record, inputs, tmp_path / "predictions")
+    assert len(written) == 2
+    for stem in ("png16", "tiff"):
+        mask = cv2.imread(str(tmp_path / "predictions" / f"{stem}_mask.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == (512, 512) and set(np.unique(mask)) <= {0, 255} and mask.mean() > 10
+        assert (tmp_path / "predictions" / f"{stem}_overlay.png").is_file()
+    png_mask = predict_masks(trained_unet.model, read_slice(inputs / "png16.png"), trained_unet.record, postprocess=True)
+    np.testing.assert_array_equal(png_mask * 255, cv2.imread(str(tmp_path / "predictions" / "png16_mask.png"), 0))
+
+    cv2.imwrite(str(inputs / "eight_bit.png"), (hu // 16).clip(0, 255).astype(np.uint8))
+    with pytest.raises(LungsegError, match="eight_bit.png: an 8-bit image cannot hold Hounsfield units"):
+        predict_folder(trained_unet.model, trained_unet.record, inputs, tmp_path / "predictions")
+    (inputs / "eight_bit.png").unlink()
+    (inputs / "broken.tif").write_bytes(b"II*\x00garbage")
+    with pytest.raises(LungsegError, match="broken.tif: unreadable or corrupt"):
+        predict_folder(trained_unet.model, trained_unet.record, inputs, tmp_path / "predictions")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(LungsegError, match="holds no"):
+        predict_folder(trained_unet.model, trained_unet.record, empty, tmp_path / "predictions")
