@@ -38,4 +38,16 @@ from lungseg.preprocess import (check_img_size, load_arrays, make_split, preproc
 from lungseg.training import (augment_pair, check_training_settings, describe_device, library_versions,
                               load_trained_model, load_training_inputs, make_dataset, train_model)
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+__all__ = [
+    "augment_pair", "bce_dice_loss", "build_segmenter", "check_hu", "check_img_size",
+    "check_lung_stats", "check_training_settings", "conv_block", "data_label", "describe_device",
+    "dice_coef", "error_overlay", "find_kaggle_credentials", "find_pairs", "get_dataset", "hd95",
+    "install_archive", "iou_coef", "keep_largest_components", "library_versions", "load_arrays",
+    "load_split_originals", "load_trained_model", "load_training_inputs", "lung_measurements",
+    "LungsegError", "make_dataset", "make_split", "mask_overlay", "overlap_scores",
+    "paired_comparison", "pixel_area_mm2", "plot_history", "pooled_dice", "predict_folder",
+    "predict_masks", "predict_probabilities", "preprocess_slice", "read_json", "read_mask",
+    "read_slice", "residual_block", "resize_image", "resize_mask", "resunet", "safe_extract_zip",
+    "save_figure", "score_native", "score_slice", "show_pairs", "summarise", "summary_rows",
+    "train_model", "unet", "verify_pairs", "window_hu", "write_json",
+]

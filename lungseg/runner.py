@@ -21,7 +21,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO_ROOT / "notebooks"
-QUICK = {"IMG_SIZE": 64, "EPOCHS": 2, "BASE_FILTERS": 4, "BATCH_SIZE": 8, "SYNTHETIC_COUNT": 24}
+QUICK = {"IMG_SIZE": 64, "EPOCHS": 3, "BASE_FILTERS": 8, "BATCH_SIZE": 8, "SYNTHETIC_COUNT": 24}
 
 
 class NotebookFailed(RuntimeError):
