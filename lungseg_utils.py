@@ -13,7 +13,7 @@ lungseg.losses      dice_coef, iou_coef, bce_dice_loss  (Keras 3, registered as 
 lungseg.models      unet, resunet, build_segmenter, conv_block, residual_block
 lungseg.training    augment_pair, make_dataset, load_training_inputs, train_model,
                     load_trained_model, check_training_settings, describe_device,
-                    library_versions
+                    library_versions, config_table, training_summary
 lungseg.evaluate    overlap_scores, hd95, score_slice, pooled_dice, paired_comparison, summary_rows,
                     keep_largest_components, lung_measurements, load_split_originals, score_native,
                     predict_probabilities, predict_masks, predict_folder
@@ -35,12 +35,13 @@ from lungseg.models import build_segmenter, conv_block, residual_block, resunet,
 from lungseg.plotting import data_label, error_overlay, mask_overlay, plot_history, save_figure, show_pairs
 from lungseg.preprocess import (check_img_size, load_arrays, make_split, preprocess_slice, resize_image,
                                 resize_mask, window_hu)
-from lungseg.training import (augment_pair, check_training_settings, describe_device, library_versions,
-                              load_trained_model, load_training_inputs, make_dataset, train_model)
+from lungseg.training import (augment_pair, check_training_settings, config_table, describe_device,
+                              library_versions, load_trained_model, load_training_inputs, make_dataset,
+                              train_model, training_summary)
 
 __all__ = [
     "augment_pair", "bce_dice_loss", "build_segmenter", "check_hu", "check_img_size",
-    "check_lung_stats", "check_training_settings", "conv_block", "data_label", "describe_device",
+    "check_lung_stats", "check_training_settings", "config_table", "conv_block", "data_label", "describe_device",
     "dice_coef", "error_overlay", "find_kaggle_credentials", "find_pairs", "get_dataset", "hd95",
     "install_archive", "iou_coef", "keep_largest_components", "library_versions", "load_arrays",
     "load_split_originals", "load_trained_model", "load_training_inputs", "lung_measurements",
@@ -49,5 +50,5 @@ __all__ = [
     "predict_masks", "predict_probabilities", "preprocess_slice", "read_json", "read_mask",
     "read_slice", "residual_block", "resize_image", "resize_mask", "resunet", "safe_extract_zip",
     "save_figure", "score_native", "score_slice", "show_pairs", "summarise", "summary_rows",
-    "train_model", "unet", "verify_pairs", "window_hu", "write_json",
+    "train_model", "training_summary", "unet", "verify_pairs", "window_hu", "write_json",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import shutil
@@ -57,7 +58,7 @@ def time_inference(output_dir: Path, name: str, repeats: int = 3) -> dict:
 
 def run_seed(seed: int, parameters: dict, output_dir: str, publish: bool) -> dict:
     started = time.perf_counter()
-    executed = runner.run_pipeline({**parameters, "SEED": seed}, output_dir)
+    executed = runner.run_pipeline({**parameters, **({"SEED": seed} if seed != 0 else {})}, output_dir)
     pipeline_seconds = time.perf_counter() - started
     if publish:
         runner.publish(executed)
@@ -128,8 +129,12 @@ def main(argv=None) -> int:
 
         update_readme()
         return 0
-    parameters = {"DATA_SOURCE": "folder", "DATA_DIR": args.data_dir,
-                  **{k: runner.parse_value(v) for k, v in args.parameter}}
+    # The data folder travels as LUNGSEG_DATA_DIR, so that the first seed runs the notebooks with
+    # their defaults exactly (a run that --publish can commit).
+    os.environ["LUNGSEG_DATA_DIR"] = str(Path(args.data_dir).resolve())
+    parameters = {k: runner.parse_value(v) for k, v in args.parameter}
+    if args.publish and (parameters or args.seeds[0] != 0):
+        parser.error("--publish needs the defaults: no -p, and 0 as the first seed")
     suffix = f"-{args.label}" if args.label else ""
     runs = []
     for index, seed in enumerate(args.seeds):
@@ -138,7 +143,7 @@ def main(argv=None) -> int:
         print(f"=== seed {seed} -> {output_dir}")
         runs.append(run_seed(seed, parameters, output_dir, publish))
     benchmark = {
-        "label": args.label or "default", "overrides": {k: v for k, v in parameters.items() if k not in ("DATA_SOURCE", "DATA_DIR")},
+        "label": args.label or "default", "overrides": parameters,
         "data": f"real slices in {Path(args.data_dir).name} ({runs[0]['test_slices']} test slices, native 512x512)",
         "device": runs[0]["device"], "machine": platform.platform(), "command": "python benchmarks/benchmark.py "
         + " ".join(sys.argv[1:] if argv is None else argv),

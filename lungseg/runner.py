@@ -95,6 +95,9 @@ def publish(executed: list[Path]) -> None:
 
     for path in executed:
         notebook = jupytext.read(path)
+        if any("injected-parameters" in cell.metadata.get("tags", []) for cell in notebook.cells):
+            raise ValueError(f"{path.name} ran with parameters other than its defaults; only a run with the "
+                             "defaults is published (give the data folder through LUNGSEG_DATA_DIR).")
         notebook.metadata.pop("papermill", None)
         for cell in notebook.cells:
             cell.metadata.pop("papermill", None)
@@ -124,6 +127,9 @@ def main(argv=None) -> int:
                         help="after a successful run, copy the executed notebooks (with outputs) into notebooks/")
     args = parser.parse_args(argv)
     parameters = {**(QUICK if args.quick else {}), **{k: parse_value(v) for k, v in args.parameter}}
+    if args.publish and (parameters or args.output_dir != "outputs"):
+        parser.error("--publish runs the defaults only (no --quick, -p or --output-dir); "
+                     "give the data folder through LUNGSEG_DATA_DIR")
     started = time.perf_counter()
     try:
         executed = run_pipeline(parameters, args.output_dir, args.only, args.prepare_only)

@@ -99,6 +99,19 @@ def library_versions() -> dict:
             "opencv": cv2.__version__, "tifffile": tifffile.__version__}
 
 
+def config_table(config: dict) -> pd.DataFrame:
+    """A notebook's effective settings followed by the library versions, as a one-column table."""
+    return pd.Series({**config, **library_versions()}, name="value").to_frame()
+
+
+def training_summary(record: dict) -> str:
+    """Three lines on a finished training run: best epoch and scores, speed and device, files."""
+    return (f"best epoch {record['best_epoch']} of {record['epochs']}: validation IoU {record['best_val_iou']:.4f}, "
+            f"Dice {record['best_val_dice']:.4f}\n{record['seconds_per_epoch']:.1f} s per epoch, "
+            f"{record['training_seconds']:.0f} s in all on {record['device']}\n"
+            f"saved {record['model_file']} with its settings (.json) and history (_history.csv) beside it")
+
+
 def distribution_strategy() -> tf.distribute.Strategy:
     """Mirrored over all GPUs when there are several; the default strategy (one GPU or CPU) otherwise."""
     if len(tf.config.list_physical_devices("GPU")) > 1:

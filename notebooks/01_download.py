@@ -53,8 +53,6 @@ sys.path.insert(0, str(REPO_ROOT))
 # ## Imports
 
 # %%
-import pandas as pd
-
 import lungseg_utils as lu
 
 # %% [markdown]
@@ -79,7 +77,7 @@ data_dir = Path(DATA_DIR or os.environ.get("LUNGSEG_DATA_DIR") or REPO_ROOT / "d
 output_dir = REPO_ROOT / OUTPUT_DIR
 config = {"DATA_SOURCE": DATA_SOURCE, "DATA_DIR": str(data_dir), "ARCHIVE": ARCHIVE,
           "OUTPUT_DIR": str(output_dir), "SYNTHETIC_COUNT": SYNTHETIC_COUNT, "SEED": SEED}
-pd.Series({**config, **lu.library_versions()}, name="value").to_frame()
+lu.config_table(config)
 
 # %% [markdown]
 # ## Get the data

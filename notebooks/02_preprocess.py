@@ -80,7 +80,7 @@ augmentation = {"rotation_degrees": float(ROTATION_DEGREES), "flip_left_right": 
 config = {"OUTPUT_DIR": str(output_dir), "IMG_SIZE": IMG_SIZE, "HU window": (HU_MIN, HU_MAX),
           "SPLIT": SPLIT, "SPLIT_SEED": SPLIT_SEED, "augmentation": augmentation,
           "data": f"{dataset['source']}{lu.data_label(dataset['synthetic'])}: {len(pairs)} pairs"}
-pd.Series({**config, **lu.library_versions()}, name="value").to_frame()
+lu.config_table(config)
 
 # %% [markdown]
 # ## The HU window

@@ -47,13 +47,11 @@ sys.path.insert(0, str(REPO_ROOT))
 # %%
 import inspect
 
-import pandas as pd
-
 import lungseg_utils as lu
 
 # %% [markdown]
 # ## Parameters
-# The defaults train in a few minutes on 2 CPU cores and in well under a minute on a GPU.
+# The defaults train in minutes on 2 CPU cores (the README's Results give measured times).
 # `IMG_SIZE` must match the arrays written by `02_preprocess`.
 
 # %% tags=["parameters"]
@@ -62,7 +60,7 @@ IMG_SIZE = 256
 EPOCHS = 25
 BATCH_SIZE = 8
 LEARNING_RATE = 1e-3
-BASE_FILTERS = 16
+BASE_FILTERS = 8
 SEED = 0
 
 # %% [markdown]
@@ -76,7 +74,7 @@ config = {"OUTPUT_DIR": str(output_dir), "IMG_SIZE": IMG_SIZE, "EPOCHS": EPOCHS,
           "LEARNING_RATE": LEARNING_RATE, "BASE_FILTERS": BASE_FILTERS, "SEED": SEED,
           "data": preprocessing["data_source"] + lu.data_label(preprocessing["synthetic"]),
           "slices": preprocessing["slices"], "device": lu.describe_device()}
-pd.Series({**config, **lu.library_versions()}, name="value").to_frame()
+lu.config_table(config)
 
 # %% [markdown]
 # ## The residual block
@@ -123,8 +121,4 @@ lu.plot_history({"Residual U-Net": result.history}, path=output_dir / "figures" 
                 synthetic=preprocessing["synthetic"]);
 
 # %%
-record = result.record
-print(f"best epoch {record['best_epoch']} of {EPOCHS}: validation IoU {record['best_val_iou']:.4f}, "
-      f"Dice {record['best_val_dice']:.4f}")
-print(f"{record['seconds_per_epoch']:.1f} s per epoch, {record['training_seconds']:.0f} s in all on {record['device']}")
-print("saved", record["model_file"], "with its settings and history beside it")
+print(lu.training_summary(result.record))

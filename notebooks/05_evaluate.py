@@ -82,7 +82,7 @@ spacing_mm = float(np.sqrt(pixel_area))
 config = {"OUTPUT_DIR": str(output_dir), "MODELS": MODELS, "THRESHOLD": THRESHOLD, "PREDICT_DIR": PREDICT_DIR,
           "data": records[MODELS[0]]["data_source"] + lu.data_label(synthetic),
           "pixel spacing (mm)": round(spacing_mm, 4), "device": lu.describe_device()}
-pd.Series({**config, **lu.library_versions()}, name="value").to_frame()
+lu.config_table(config)
 
 # %% [markdown]
 # ## The test slices at native resolution
