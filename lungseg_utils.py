@@ -15,7 +15,7 @@ lungseg.training    augment_pair, make_dataset, load_training_inputs, train_mode
                     load_trained_model, check_training_settings, describe_device,
                     library_versions, config_table, training_summary
 lungseg.evaluate    overlap_scores, hd95, score_slice, pooled_dice, paired_comparison, summary_rows,
-                    keep_largest_components, lung_measurements, load_split_originals, score_native,
+                    clean_mask, lung_measurements, load_split_originals, score_native,
                     predict_probabilities, predict_masks, predict_folder
 lungseg.plotting    show_pairs, plot_history, error_overlay, mask_overlay, data_label, save_figure
 ==================  =========================================================================
@@ -27,7 +27,7 @@ plain ``keras.saving.load_model(path)``.
 from lungseg.data import (LungsegError, check_hu, check_lung_stats, find_pairs, pixel_area_mm2, read_json,
                           read_mask, read_slice, summarise, verify_pairs, write_json)
 from lungseg.download import find_kaggle_credentials, get_dataset, install_archive, safe_extract_zip
-from lungseg.evaluate import (hd95, keep_largest_components, load_split_originals, lung_measurements,
+from lungseg.evaluate import (clean_mask, hd95, load_split_originals, lung_measurements,
                               overlap_scores, paired_comparison, pooled_dice, predict_folder, predict_masks,
                               predict_probabilities, score_native, score_slice, summary_rows)
 from lungseg.losses import bce_dice_loss, dice_coef, iou_coef
@@ -43,7 +43,7 @@ __all__ = [
     "augment_pair", "bce_dice_loss", "build_segmenter", "check_hu", "check_img_size",
     "check_lung_stats", "check_training_settings", "config_table", "conv_block", "data_label", "describe_device",
     "dice_coef", "error_overlay", "find_kaggle_credentials", "find_pairs", "get_dataset", "hd95",
-    "install_archive", "iou_coef", "keep_largest_components", "library_versions", "load_arrays",
+    "install_archive", "iou_coef", "clean_mask", "library_versions", "load_arrays",
     "load_split_originals", "load_trained_model", "load_training_inputs", "lung_measurements",
     "LungsegError", "make_dataset", "make_split", "mask_overlay", "overlap_scores",
     "paired_comparison", "pixel_area_mm2", "plot_history", "pooled_dice", "predict_folder",

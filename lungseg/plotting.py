@@ -20,7 +20,7 @@ def data_label(synthetic: bool) -> str:
 def save_figure(figure, path: str | Path | None, synthetic: bool = False):
     """Stamp synthetic figures, save to ``path`` (PNG, 100 dpi) if given, and return the figure."""
     if synthetic:
-        figure.text(0.5, 0.005, SYNTHETIC_LABEL, ha="center", va="bottom", color="red", fontsize=11)
+        figure.text(0.5, 0.0, SYNTHETIC_LABEL, ha="center", va="top", color="red", fontsize=11)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path, dpi=100, bbox_inches="tight")

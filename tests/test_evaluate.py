@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from lungseg.data import LungsegError, read_mask, read_slice
-from lungseg.evaluate import (hd95, keep_largest_components, lung_measurements, overlap_scores,
+from lungseg.evaluate import (clean_mask, hd95, lung_measurements, overlap_scores,
                               paired_comparison, pooled_dice, predict_folder, predict_masks, predict_probabilities,
                               score_native)
 from lungseg.preprocess import preprocess_slice, resize_mask
@@ -57,11 +57,15 @@ def test_paired_comparison_finds_a_real_difference_and_no_false_one():
     assert noise["ci95_low"] < 0 < noise["ci95_high"]
 
 
-def test_post_processing_keeps_two_lungs_and_fills_holes():
-    mask = _square(5, 5) | _square(5, 35) | _square(50, 50, 3)
-    mask[10:12, 10:12] = 0  # a hole
-    cleaned = keep_largest_components(mask)
-    assert cleaned.sum() == 2 * 400 and cleaned[50, 50] == 0 and cleaned[10, 10] == 1
+def test_post_processing_drops_islands_fills_small_holes_keeps_large_ones():
+    mask = _square(5, 5, 30) | _square(5, 50, 10) | _square(50, 50, 2)  # lungs of 900 and 100 px, an island of 4
+    mask[10:12, 10:12] = 0  # a vessel: 4 px
+    mask[20:30, 20:30] = 0  # a cyst: 100 px
+    cleaned = clean_mask(mask, min_component_fraction=0.01, max_hole_fraction=0.01)  # holes up to 40 px
+    assert cleaned[50, 50] == 0  # 4 px < 1% of 900 px: dropped
+    assert cleaned[5:15, 50:60].all()  # 100 px >= 1% of 900 px: kept, a small third lung piece survives
+    assert cleaned[10, 10] == 1 and cleaned[25, 25] == 0  # the vessel is filled, the cyst is not
+    assert clean_mask(np.zeros((8, 8))).sum() == 0
 
 
 def test_lung_measurements_reproduce_lung_stats(real_data, real_names):
