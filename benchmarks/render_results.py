@@ -21,6 +21,11 @@ def _spread(summary: dict, name: str, key: str, digits: int = 4) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std else "")
 
 
+def _portable(command: str) -> str:
+    """The benchmark's command with absolute paths under the repository's parent made relative."""
+    return command.replace(str(REPO_ROOT.parent) + "/", "../")
+
+
 def main_table(benchmark: dict) -> list[str]:
     summary, seeds = benchmark["summary"], len(benchmark["runs"])
     settings = benchmark["runs"][0]["settings"]
@@ -52,7 +57,7 @@ def main_table(benchmark: dict) -> list[str]:
         lines.append(f"Seed {run['seed']}: paired difference {paired['mean_difference']:+.4f} "
                      f"(95% CI {paired['ci95_low']:+.4f}..{paired['ci95_high']:+.4f}, Wilcoxon p={paired['wilcoxon_p']:.2g}).")
     lines += ["", f"Whole pipeline 01–05: {summary['pipeline_seconds_mean']:.0f} s per seed; peak memory of a "
-              f"notebook kernel {benchmark['peak_rss_mb']:.0f} MB. Reproduce: `{benchmark['command']}`.", ""]
+              f"notebook kernel {benchmark['peak_rss_mb']:.0f} MB. Reproduce: `{_portable(benchmark['command'])}`.", ""]
     return lines
 
 
