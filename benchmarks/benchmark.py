@@ -122,6 +122,8 @@ def main(argv=None) -> int:
     parser.add_argument("--label", default="", help="name of a non-default configuration (an ablation)")
     parser.add_argument("--publish", action="store_true",
                         help="run the first seed in outputs/ and copy its executed notebooks into notebooks/")
+    parser.add_argument("--append", action="store_true",
+                        help="add these seeds' runs to an existing outputs/benchmark[-LABEL].json of the same settings")
     parser.add_argument("--readme", action="store_true", help="only regenerate the README's Results section")
     args = parser.parse_args(argv)
     if args.readme:
@@ -152,6 +154,13 @@ def main(argv=None) -> int:
         "summary": aggregate(runs), "runs": runs,
     }
     target = REPO_ROOT / "outputs" / f"benchmark{suffix}.json"
+    if args.append and target.is_file():
+        earlier = json.loads(target.read_text())
+        if earlier["overrides"] != benchmark["overrides"]:
+            parser.error(f"--append: {target} was measured with other settings: {earlier['overrides']}")
+        runs = earlier["runs"] + runs
+        benchmark.update(runs=runs, summary=aggregate(runs), command=earlier["command"] + " (+ " + benchmark["command"] + ")",
+                         peak_rss_mb=max(earlier["peak_rss_mb"], benchmark["peak_rss_mb"]))
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(benchmark, indent=2, default=float) + "\n")
     RESULTS.mkdir(parents=True, exist_ok=True)
