@@ -76,6 +76,7 @@ def run_seed(seed: int, parameters: dict, output_dir: str, publish: bool) -> dic
             "postprocessed_dice_mean": post.dice_mean, "postprocessed_dice_min": post.dice_min,
             "postprocessed_hd95_mm_mean": post.hd95_mm_mean,
             "model_resolution_dice_mean": float(summary[(summary.model == name) & (summary.resolution != "native")].dice_mean.iloc[0]),
+            "best_val_dice": record["best_val_dice"], "best_val_iou": record["best_val_iou"],
             "parameters": record["parameters"], "best_epoch": record["best_epoch"],
             "seconds_per_epoch": record["seconds_per_epoch"], "training_seconds": record["training_seconds"],
             **time_inference(out, name),

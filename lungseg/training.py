@@ -60,11 +60,12 @@ def rotate(image, angle):
 def make_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, training: bool, seed: int = 0,
                  augmentation: dict | None = None) -> tf.data.Dataset:
     """A tf.data pipeline over arrays: for training, shuffled each epoch and augmented
-    (``augmentation`` = keyword arguments of :func:`augment_pair`); then batched and prefetched."""
+    (``augmentation`` = keyword arguments of :func:`augment_pair`; None or all off: no augmentation);
+    then batched and prefetched."""
     dataset = tf.data.Dataset.from_tensor_slices((images, masks))
     if training:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-        if augmentation is not None:
+        if augmentation and any(augmentation.values()):
             dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.random(seed=seed).batch(2)))
             dataset = dataset.map(lambda pair, s: augment_pair(*pair, seed=s, **augmentation),
                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

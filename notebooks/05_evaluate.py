@@ -46,6 +46,8 @@ sys.path.insert(0, str(REPO_ROOT))
 # ## Imports
 
 # %%
+import numbers
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -141,14 +143,14 @@ reference_style.round(4)
 
 # %%
 native = summary[(summary.resolution == "native") & ~summary.postprocessed].set_index("model")
-comparison = pd.DataFrame({
+comparison = pd.DataFrame({name: pd.Series(column, dtype=object) for name, column in {
     name: {"Dice (mean)": native.dice_mean[name], "Dice (std)": native.dice_std[name],
            "Dice (worst slice)": native.dice_min[name], "IoU (mean)": native.iou_mean[name],
            "pooled Dice": native.pooled_dice[name], "HD95 mm (mean)": native.hd95_mm_mean[name],
            "parameters": records[name]["parameters"], "training s": records[name]["training_seconds"],
            "s per epoch": records[name]["seconds_per_epoch"], "best epoch": records[name]["best_epoch"],
-           "inference slices/s": speed[name]} for name in MODELS})
-comparison.round(4)
+           "inference slices/s": speed[name]} for name in MODELS}.items()})  # object columns: counts stay integers
+comparison.map(lambda value: f"{value:,}" if isinstance(value, numbers.Integral) else f"{value:.4f}")
 
 # %%
 dice = per_slice[(per_slice.resolution == "native") & ~per_slice.postprocessed].pivot(

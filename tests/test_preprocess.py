@@ -5,7 +5,7 @@ import pytest
 
 from lungseg.data import LungsegError, read_mask, read_slice
 from lungseg.preprocess import check_img_size, make_split, preprocess_slice, resize_mask, window_hu
-from lungseg.training import augment_pair
+from lungseg.training import augment_pair, make_dataset
 
 
 def test_window_maps_the_hu_range_to_unit_interval():
@@ -74,3 +74,27 @@ def test_augmentation_is_random_but_reproducible(real_data, real_names):
     assert not np.array_equal(a, c)
     same = augment_pair(image, mask, seed=[3, 4], rotation_degrees=0.0, flip_left_right=False)[0].numpy()
     np.testing.assert_array_equal(same, image)
+
+
+def _small_arrays(real_data, names, size=32):
+    images = np.stack([preprocess_slice(read_slice(real_data / "2d_images" / n), size, -1000, 400) for n in names])
+    masks = np.stack([resize_mask(read_mask(real_data / "2d_masks" / n), size) for n in names])
+    return images[..., None], masks[..., None]
+
+
+@pytest.mark.parametrize("augmentation", [None, {"rotation_degrees": 0.0, "flip_left_right": False, "flip_up_down": False}])
+def test_training_pipeline_without_augmentation_yields_the_slices_unchanged(real_data, real_names, augmentation):
+    images, masks = _small_arrays(real_data, real_names[:6])
+    seen = [(x.numpy(), y.numpy()) for xs, ys in make_dataset(images, masks, 4, training=True, augmentation=augmentation)
+            for x, y in zip(xs, ys)]
+    assert len(seen) == 6
+    for x, y in seen:  # every pair is one of the inputs, image and mask still together
+        index = next(i for i in range(6) if np.array_equal(images[i], x))
+        np.testing.assert_array_equal(masks[index], y)
+
+
+def test_training_pipeline_with_augmentation_changes_the_slices(real_data, real_names):
+    images, masks = _small_arrays(real_data, real_names[:6])
+    augmentation = {"rotation_degrees": 10.0, "flip_left_right": True, "flip_up_down": False}
+    seen = [x.numpy() for xs, _ in make_dataset(images, masks, 6, training=True, augmentation=augmentation) for x in xs]
+    assert sum(any(np.array_equal(image, x) for image in images) for x in seen) < 6
