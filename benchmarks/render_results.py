@@ -24,8 +24,9 @@ def _spread(summary: dict, name: str, key: str, digits: int = 4) -> str:
 
 
 def _portable(command: str) -> str:
-    """The benchmark's command with absolute paths under the repository's parent made relative."""
-    return command.replace(str(REPO_ROOT.parent) + "/", "../")
+    """The benchmark's command with the data folder written as the repository's neighbour
+    ``../shared/data/...`` (where CI and the benchmark machine keep it), whatever absolute path it ran with."""
+    return re.sub(r"(?<!\S)/\S*/shared/data/", "../shared/data/", command)
 
 
 def main_table(benchmark: dict) -> list[str]:
@@ -85,6 +86,25 @@ def setting_differences(settings: dict, defaults: dict) -> str:
     return "; ".join(changes) or "–"
 
 
+# Recorded setting -> the notebook parameter that sets it (for commands that repeat a row).
+PARAMETERS = {"img_size": "IMG_SIZE", "hu_min": "HU_MIN", "hu_max": "HU_MAX", "epochs": "EPOCHS",
+              "batch_size": "BATCH_SIZE", "learning_rate": "LEARNING_RATE", "base_filters": "BASE_FILTERS",
+              "split_seed": "SPLIT_SEED", "rotation_degrees": "ROTATION_DEGREES",
+              "flip_left_right": "FLIP_LEFT_RIGHT", "flip_up_down": "FLIP_UP_DOWN"}
+
+
+def repeat_command(benchmark: dict, defaults: dict) -> str:
+    """The benchmark command that repeats a row under the current defaults: one ``-p`` for each
+    recorded setting that differs from them."""
+    settings = benchmark["runs"][0]["settings"]
+    flat = lambda values: {**{k: v for k, v in values.items() if k != "augmentation"}, **(values.get("augmentation") or {})}  # noqa: E731
+    mine, default = flat(settings), flat(defaults)
+    options = [f"-p {PARAMETERS[key]} {value}" for key, value in mine.items()
+               if key in PARAMETERS and value != default.get(key)]
+    seeds = " ".join(str(run["seed"]) for run in benchmark["runs"])
+    return " ".join(["python benchmarks/benchmark.py --data-dir DATA --seeds", seeds, "--label", benchmark["label"], *options])
+
+
 def ablation_table(benchmarks: list[dict], defaults: dict) -> list[str]:
     lines = ["| configuration | differences from the defaults | U-Net Dice | Residual U-Net Dice "
              "| validation Dice, U-Net / ResUNet | U-Net / ResUNet training s | seeds |",
@@ -120,6 +140,9 @@ def render() -> str:
                   "though slightly optimistic because it also chose the epoch.", ""]
         rows = [default, _seeds(default, {0}, "default, seed 0 only")]
         lines += ablation_table(rows + others, default["runs"][0]["settings"])
+        lines += ["", "Each row repeats under the current defaults with (DATA: the folder of real slices; a row "
+                  "measured under earlier defaults keeps its original command in its JSON file):", ""]
+        lines += [f"    {repeat_command(benchmark, default['runs'][0]['settings'])}" for benchmark in others]
     return "\n".join(lines)
 
 

@@ -1,0 +1,45 @@
+"""The README's Results section, rendered by benchmarks/render_results.py from benchmarks/results/*.json."""
+
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+
+import render_results  # noqa: E402
+
+DEFAULTS = {"img_size": 256, "hu_min": -1000, "hu_max": 400, "epochs": 25, "batch_size": 8, "learning_rate": 0.003,
+            "base_filters": 8, "augmentation": {"rotation_degrees": 0.0, "flip_left_right": False, "flip_up_down": False},
+            "split": [0.7, 0.15, 0.15], "split_seed": 0}
+
+
+def test_augmentation_is_described_in_words():
+    assert render_results.describe_augmentation(DEFAULTS["augmentation"]) == "off"
+    assert render_results.describe_augmentation(None) == "off"
+    assert (render_results.describe_augmentation({"rotation_degrees": 10.0, "flip_left_right": True, "flip_up_down": False})
+            == "left-right flips + rotations up to ±10°")
+
+
+def test_a_row_is_described_and_repeated_by_its_recorded_settings():
+    settings = {**DEFAULTS, "learning_rate": 0.001, "img_size": 384,
+                "augmentation": {"rotation_degrees": 10.0, "flip_left_right": False, "flip_up_down": False}}
+    benchmark = {"label": "old", "runs": [{"seed": 0, "settings": settings}, {"seed": 1, "settings": settings}]}
+    assert (render_results.setting_differences(settings, DEFAULTS)
+            == "img_size 384; learning_rate 0.001; augmentation rotations up to ±10°")
+    assert render_results.setting_differences(DEFAULTS, DEFAULTS) == "–"
+    assert render_results.repeat_command(benchmark, DEFAULTS) == (
+        "python benchmarks/benchmark.py --data-dir DATA --seeds 0 1 --label old "
+        "-p IMG_SIZE 384 -p LEARNING_RATE 0.001 -p ROTATION_DEGREES 10.0")
+
+
+def test_commands_name_the_data_folder_portably():
+    command = "python benchmarks/benchmark.py --data-dir /work/shared/data/finding-lungs-in-ct-data --seeds 0"
+    assert render_results._portable(command) == (
+        "python benchmarks/benchmark.py --data-dir ../shared/data/finding-lungs-in-ct-data --seeds 0")
+
+
+def test_readme_results_are_the_rendering_of_the_committed_results():
+    """Edit benchmarks/results/*.json only through benchmark.py, then run render_results.py."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    start = readme.index(render_results.START) + len(render_results.START) + 1
+    assert readme[start:readme.index(render_results.END)].rstrip("\n") == render_results.render()
