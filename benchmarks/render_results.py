@@ -93,12 +93,15 @@ PARAMETERS = {"img_size": "IMG_SIZE", "hu_min": "HU_MIN", "hu_max": "HU_MAX", "e
               "flip_left_right": "FLIP_LEFT_RIGHT", "flip_up_down": "FLIP_UP_DOWN"}
 
 
+def _flat(settings: dict) -> dict:
+    """Recorded settings with the augmentation options lifted to the top level."""
+    return {**{k: v for k, v in settings.items() if k != "augmentation"}, **(settings.get("augmentation") or {})}
+
+
 def repeat_command(benchmark: dict, defaults: dict) -> str:
     """The benchmark command that repeats a row under the current defaults: one ``-p`` for each
     recorded setting that differs from them."""
-    settings = benchmark["runs"][0]["settings"]
-    flat = lambda values: {**{k: v for k, v in values.items() if k != "augmentation"}, **(values.get("augmentation") or {})}  # noqa: E731
-    mine, default = flat(settings), flat(defaults)
+    mine, default = _flat(benchmark["runs"][0]["settings"]), _flat(defaults)
     options = [f"-p {PARAMETERS[key]} {value}" for key, value in mine.items()
                if key in PARAMETERS and value != default.get(key)]
     seeds = " ".join(str(run["seed"]) for run in benchmark["runs"])
