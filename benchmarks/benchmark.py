@@ -2,7 +2,7 @@
 training seed, and record accuracy at native resolution, training and inference speed, memory.
 
     .venv/bin/python benchmarks/benchmark.py --data-dir ../shared/data/finding-lungs-in-ct-data --seeds 0 1 2
-    .venv/bin/python benchmarks/benchmark.py --label base8 -p BASE_FILTERS 8 --seeds 0   # an ablation
+    .venv/bin/python benchmarks/benchmark.py --label filters16 -p BASE_FILTERS 16 --seeds 0   # an ablation
     .venv/bin/python benchmarks/benchmark.py --readme                                    # README table only
 
 Writes ``outputs/benchmark[-LABEL].json`` (and a copy in ``benchmarks/results/``) and prints a table.

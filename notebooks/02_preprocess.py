@@ -165,7 +165,8 @@ print("wrote", arrays_path, f"({arrays_path.stat().st_size / 1e6:.0f} MB) and pr
 #
 # **On these slices it did not pay, so it is off by default.** In the benchmark (README, Results)
 # flips with ±10° rotations lowered the test Dice of both models on every one of 3 seeds (about
-# 0.002), and the validation Dice too; flips alone changed nothing measurable (one seed). The test
+# 0.002, measured at learning rate 1e-3), and the validation Dice too; flips alone changed nothing
+# measurable (one seed). The test
 # slices come from the same collection and scanners as the training slices; on your own scans, if
 # they vary more (other scanners, patient positions), try `ROTATION_DEGREES = 10` and
 # `FLIP_LEFT_RIGHT = True` and compare on your validation slices. Below: one training slice (left)
