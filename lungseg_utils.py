@@ -1,54 +1,507 @@
-"""The shared helpers every notebook imports: ``import lungseg_utils as lu``.
+"""What several lungseg notebooks share: ``import lungseg_utils as lu``.
 
-One name per job, gathered from the topic modules in ``lungseg/``:
+GENERATED from the notebook cells marked ``#@save`` by ``python -m lungseg.build_utils``: do not
+edit this file; edit the cell in the notebook named above each part, then run that command.
 
-==================  =========================================================================
-lungseg.data        read_slice, read_mask, check_hu, find_pairs, verify_pairs, summarise,
-                    check_lung_stats, pixel_area_mm2, write_json, read_json, LungsegError
-lungseg.download    get_dataset (Kaggle / folder / archive / synthetic), find_kaggle_credentials,
-                    install_archive, safe_extract_zip
-lungseg.preprocess  window_hu, resize_image, resize_mask, preprocess_slice, make_split,
-                    load_arrays, check_img_size
-lungseg.losses      dice_coef, iou_coef, bce_dice_loss  (Keras 3, registered as serializable)
-lungseg.models      unet, resunet, build_segmenter, conv_block, residual_block
-lungseg.training    augment_pair, make_dataset, load_training_inputs, train_model,
-                    load_trained_model, check_training_settings, describe_device,
-                    library_versions, config_table, training_summary
-lungseg.evaluate    overlap_scores, hd95, score_slice, pooled_dice, paired_comparison, summary_rows,
-                    clean_mask, lung_measurements, load_split_originals, score_native,
-                    predict_probabilities, predict_masks, predict_folder
-lungseg.plotting    show_pairs, plot_history, error_overlay, mask_overlay, data_label, save_figure
-==================  =========================================================================
-
-Importing this module registers the loss and metrics with Keras, so saved models load with
-plain ``keras.saving.load_model(path)``.
+Importing it registers the loss and metrics with Keras, so saved models load with plain
+``keras.saving.load_model(path)``.
 """
 
-from lungseg.data import (LungsegError, check_hu, check_lung_stats, find_pairs, pixel_area_mm2, read_json,
-                          read_mask, read_slice, summarise, verify_pairs, write_json)
-from lungseg.download import find_kaggle_credentials, get_dataset, install_archive, safe_extract_zip
-from lungseg.evaluate import (clean_mask, hd95, load_split_originals, lung_measurements,
-                              overlap_scores, paired_comparison, pooled_dice, predict_folder, predict_masks,
-                              predict_probabilities, score_native, score_slice, summary_rows)
-from lungseg.losses import bce_dice_loss, dice_coef, iou_coef
-from lungseg.models import build_segmenter, conv_block, residual_block, resunet, unet
-from lungseg.plotting import data_label, error_overlay, mask_overlay, plot_history, save_figure, show_pairs
-from lungseg.preprocess import (check_img_size, load_arrays, make_split, preprocess_slice, resize_image,
-                                resize_mask, window_hu)
-from lungseg.training import (augment_pair, check_training_settings, config_table, describe_device,
-                              library_versions, load_trained_model, load_training_inputs, make_dataset,
-                              train_model, training_summary)
+import contextlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
 
-__all__ = [
-    "augment_pair", "bce_dice_loss", "build_segmenter", "check_hu", "check_img_size",
-    "check_lung_stats", "check_training_settings", "config_table", "conv_block", "data_label", "describe_device",
-    "dice_coef", "error_overlay", "find_kaggle_credentials", "find_pairs", "get_dataset", "hd95",
-    "install_archive", "iou_coef", "clean_mask", "library_versions", "load_arrays",
-    "load_split_originals", "load_trained_model", "load_training_inputs", "lung_measurements",
-    "LungsegError", "make_dataset", "make_split", "mask_overlay", "overlap_scores",
-    "paired_comparison", "pixel_area_mm2", "plot_history", "pooled_dice", "predict_folder",
-    "predict_masks", "predict_probabilities", "preprocess_slice", "read_json", "read_mask",
-    "read_slice", "residual_block", "resize_image", "resize_mask", "resunet", "safe_extract_zip",
-    "save_figure", "score_native", "score_slice", "show_pairs", "summarise", "summary_rows",
-    "train_model", "training_summary", "unet", "verify_pairs", "window_hu", "write_json",
-]
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from scipy import ndimage, stats
+from sklearn.model_selection import train_test_split
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """TensorFlow's native start-up lines (CUDA probes on a CPU machine, oneDNN) bypass Python."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+with _quiet_native_stderr():
+    import keras
+    import tensorflow as tf
+    from keras import ops
+
+    tf.config.list_physical_devices("GPU")
+
+# ======================================== from notebooks/01_download.py
+
+
+def describe_device() -> str:
+    """'GPU: <name>' for each GPU TensorFlow sees, else 'CPU: <processor> (<n> cores)'."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return "GPU: " + ", ".join(tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus)
+    processor = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")]
+        processor = models[0] if models else processor
+    return f"CPU: {processor} ({os.cpu_count()} cores)"
+
+
+def library_versions() -> dict:
+    import cv2
+    import scipy
+    import sklearn
+
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "pandas": pd.__version__, "scipy": scipy.__version__,
+            "scikit-learn": sklearn.__version__, "opencv": cv2.__version__}
+
+
+def config_table(config: dict) -> pd.DataFrame:
+    """A notebook's effective settings followed by the library versions, as a one-column table."""
+    return pd.Series({**config, **library_versions()}, name="value").astype(str).to_frame()
+
+
+def write_json(path, record: dict) -> None:
+    """Write a JSON record atomically (a temporary file, then a rename): never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".partial")
+    temporary.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    temporary.replace(path)
+
+
+class LungsegError(ValueError):
+    """A problem with the user's data or parameters; the message names the file or parameter and the fix."""
+
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".dcm")
+PNG_HU_OFFSET = -1024  # a 16-bit PNG cannot hold negative numbers: by convention it stores HU + 1024
+
+
+def read_slice(path, *, png_hu_offset: int = PNG_HU_OFFSET) -> np.ndarray:
+    """One CT slice as a 2-D array in HU: TIFF read losslessly, DICOM with RescaleSlope/Intercept
+    applied, 16-bit PNG with ``png_hu_offset`` added. Anything unreadable raises LungsegError."""
+    import cv2
+    import tifffile
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise LungsegError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}.")
+    try:
+        if suffix == ".dcm":
+            import pydicom
+
+            dataset = pydicom.dcmread(path)
+            array = dataset.pixel_array * float(getattr(dataset, "RescaleSlope", 1.0)) + float(
+                getattr(dataset, "RescaleIntercept", 0.0))
+        elif suffix == ".png":
+            array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if array is None:
+                raise OSError("OpenCV could not decode it")
+            if array.dtype == np.uint16:
+                array = array.astype(np.int32) + png_hu_offset
+        else:
+            try:
+                array = tifffile.imread(path)
+            except Exception:  # compressions tifffile needs imagecodecs for (LZW): OpenCV keeps the bits too
+                array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+                if array is None:
+                    raise
+    except Exception as error:  # tifffile, pydicom and OpenCV raise many different types
+        raise LungsegError(f"{path}: unreadable or corrupt image ({type(error).__name__}: {error}). "
+                           "Re-download or re-export this file, or remove it together with its mask.") from error
+    array = np.asarray(array)
+    if array.size == 0:
+        raise LungsegError(f"{path}: unreadable or corrupt image (no pixel data). Re-download or re-export it.")
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        raise LungsegError(f"{path}: a colour image {array.shape}; a CT slice has one channel in HU.")
+    if array.ndim != 2:
+        raise LungsegError(f"{path}: expected one 2-D slice, got an array of shape {array.shape}.")
+    return array
+
+
+def read_mask(path) -> np.ndarray:
+    """A lung mask as uint8 {0, 1}; anything but 0/1/255 is refused."""
+    mask = read_slice(path, png_hu_offset=0)
+    values = np.unique(mask)
+    if not set(values.tolist()) <= {0, 1, 255}:
+        shown = ", ".join(str(v) for v in values[:6]) + (" ..." if len(values) > 6 else "")
+        raise LungsegError(f"{path}: mask is not binary (values {shown}); masks must hold only 0 and 255 "
+                           "(or 0 and 1). Re-export it as a binary mask.")
+    return (mask > 0).astype(np.uint8)
+
+
+def check_hu(image: np.ndarray, name) -> None:
+    """Refuse arrays that cannot be CT in HU: every chest slice has air (below -500) and tissue (above -200)."""
+    if image.dtype in (np.uint8, np.int8, bool):
+        raise LungsegError(f"{name}: an 8-bit image cannot hold Hounsfield units (HU). Export the slice as "
+                           "int16 TIFF, 16-bit PNG holding HU+1024, or DICOM.")
+    low, high = float(np.min(image)), float(np.max(image))
+    if low > -500 or high < -200:
+        raise LungsegError(f"{name}: values {low:.0f}..{high:.0f} do not look like a CT slice in HU (expected air "
+                           "below -500 and tissue above -200). Convert it to HU first; if it is a PNG, it must "
+                           "be 16-bit holding HU+1024.")
+
+
+SYNTHETIC_LABEL = "SYNTHETIC DATA - not real CT"
+
+
+def data_label(synthetic: bool) -> str:
+    """A suffix for titles and records, so that synthetic results are never mistaken for real ones."""
+    return f" [{SYNTHETIC_LABEL}]" if synthetic else ""
+
+
+def save_figure(figure, path=None, synthetic: bool = False):
+    """Stamp synthetic figures, save to ``path`` (PNG) if given, and return the figure."""
+    if synthetic:
+        figure.text(0.5, 0.0, SYNTHETIC_LABEL, ha="center", va="top", color="red", fontsize=11)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=100, bbox_inches="tight")
+    return figure
+
+
+def show_pairs(rows, column_titles, row_titles=None, title="", path=None, synthetic=False, size=2.6):
+    """A grid of images (``rows``: lists of 2-D or RGB arrays), grey colour map, no ticks."""
+    figure, axes = plt.subplots(len(rows), len(rows[0]), figsize=(size * len(rows[0]), size * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        for c, picture in enumerate(row):
+            axes[r, c].imshow(picture, cmap="gray")
+            axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
+            if r == 0:
+                axes[r, c].set_title(column_titles[c], fontsize=10)
+        if row_titles:
+            axes[r, 0].set_ylabel(row_titles[r], fontsize=8)
+    figure.suptitle(title + data_label(synthetic), fontsize=11)
+    figure.tight_layout()
+    return save_figure(figure, path, synthetic)
+
+# ======================================== from notebooks/02_preprocess.py
+
+
+def check_img_size(img_size) -> int:
+    """The U-Nets halve the resolution four times, so the input size must be a multiple of 16."""
+    if not isinstance(img_size, (int, np.integer)) or img_size < 16 or img_size % 16:
+        raise LungsegError(f"IMG_SIZE={img_size!r} cannot be used: the models halve the resolution 4 times, so it "
+                           "must be a positive multiple of 16 (e.g. 128, 256, 384, 512).")
+    return int(img_size)
+
+
+def window_hu(image: np.ndarray, hu_min: float, hu_max: float) -> np.ndarray:
+    """Clip HU to [hu_min, hu_max] and scale linearly to [0, 1] (float32). With (-1000, 400), the
+    padding outside the scanner's field of view (below -2000) becomes air."""
+    if not hu_max > hu_min:
+        raise LungsegError(f"HU window ({hu_min}, {hu_max}) is empty: HU_MAX must be greater than HU_MIN.")
+    return np.clip((image.astype(np.float32) - hu_min) / (hu_max - hu_min), 0.0, 1.0)
+
+
+def split_slices(names, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> pd.DataFrame:
+    """Each slice to train/val/test: the test slices first, then the validation slices from the rest."""
+    names, fractions = sorted(names), list(fractions)
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise LungsegError(f"SPLIT={fractions} must be three fractions (train, val, test) summing to 1.")
+    n_val, n_test = round(fractions[1] * len(names)), round(fractions[2] * len(names))
+    if min(n_val, n_test, len(names) - n_val - n_test) < 1:
+        raise LungsegError(f"SPLIT={fractions} on {len(names)} slices gives {len(names) - n_val - n_test}/{n_val}/"
+                           f"{n_test} train/val/test slices; every part needs at least one. Use larger fractions.")
+    train_val, test = train_test_split(names, test_size=n_test, random_state=seed)
+    train, val = train_test_split(train_val, test_size=n_val, random_state=seed)
+    part_of = {**dict.fromkeys(train, "train"), **dict.fromkeys(val, "val"), **dict.fromkeys(test, "test")}
+    return pd.DataFrame({"name": names, "split": [part_of[name] for name in names]})
+
+
+def resize_image(image: np.ndarray, size) -> np.ndarray:
+    """Resize a float image to ``size`` (an int for a square, or (height, width)): area averaging
+    when shrinking, bilinear when enlarging."""
+    import cv2
+
+    height, width = (size, size) if np.isscalar(size) else size
+    shrinking = height * width < image.shape[0] * image.shape[1]
+    return cv2.resize(image.astype(np.float32), (int(width), int(height)),
+                      interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def resize_mask(mask: np.ndarray, size) -> np.ndarray:
+    """Resize a binary mask and keep it binary: the fraction of lung under each new pixel, >= 0.5."""
+    return (resize_image(mask.astype(np.float32), size) >= 0.5).astype(np.uint8)
+
+
+def preprocess_slice(image_hu: np.ndarray, img_size: int, hu_min: float, hu_max: float) -> np.ndarray:
+    """A slice in HU -> a model input (img_size x img_size, float32 in [0, 1]): window, then resize."""
+    return resize_image(window_hu(image_hu, hu_min, hu_max), img_size)
+
+
+def make_augmenter(rotation_degrees: float = 10.0, flip_left_right: bool = True, flip_up_down: bool = False,
+                   seed: int = 0):
+    """Random flips and rotations (Keras preprocessing layers), or None when every option is off."""
+    flips = {(True, False): "horizontal", (False, True): "vertical", (True, True): "horizontal_and_vertical"}
+    steps = []
+    if flip_left_right or flip_up_down:
+        steps.append(keras.layers.RandomFlip(flips[(bool(flip_left_right), bool(flip_up_down))], seed=seed))
+    if rotation_degrees:  # the factor is a fraction of a full turn; rotated-in corners are 0, air after windowing
+        steps.append(keras.layers.RandomRotation(rotation_degrees / 360, fill_mode="constant", fill_value=0.0,
+                                                 seed=seed))
+    return keras.Sequential(steps, name="augmentation") if steps else None
+
+
+def augment_pair(images, masks, augmenter):
+    """The same random transform for a batch of images (N, H, W, 1) and their masks."""
+    both = augmenter(tf.concat([tf.cast(images, "float32"), tf.cast(masks, "float32")], axis=-1), training=True)
+    return both[..., :1], tf.cast(both[..., 1:] >= 0.5, masks.dtype)
+
+# ======================================== from notebooks/03_unet.py
+
+
+_AXES = (1, 2, 3)  # height, width, channel: everything but the batch
+
+
+@keras.saving.register_keras_serializable(package="lungseg")
+def dice_coef(y_true, y_pred, threshold=0.5, eps=1e-6):
+    """Per-image Dice 2|T∩P| / (|T| + |P|) of the prediction thresholded at 0.5 (both empty: 1)."""
+    truth = ops.cast(ops.cast(y_true, "float32") > 0.5, "float32")
+    prediction = ops.cast(ops.cast(y_pred, "float32") >= threshold, "float32")
+    intersection = ops.sum(truth * prediction, axis=_AXES)
+    return (2.0 * intersection + eps) / (ops.sum(truth, axis=_AXES) + ops.sum(prediction, axis=_AXES) + eps)
+
+
+@keras.saving.register_keras_serializable(package="lungseg")
+def iou_coef(y_true, y_pred, threshold=0.5, eps=1e-6):
+    """Per-image IoU |T∩P| / |T∪P| of the prediction thresholded at 0.5 (both empty: 1)."""
+    truth = ops.cast(ops.cast(y_true, "float32") > 0.5, "float32")
+    prediction = ops.cast(ops.cast(y_pred, "float32") >= threshold, "float32")
+    intersection = ops.sum(truth * prediction, axis=_AXES)
+    union = ops.sum(truth, axis=_AXES) + ops.sum(prediction, axis=_AXES) - intersection
+    return (intersection + eps) / (union + eps)
+
+
+@keras.saving.register_keras_serializable(package="lungseg")
+def bce_dice_loss(y_true, y_pred, smooth=1.0):
+    """Per-image mean binary cross-entropy + (1 - soft Dice), soft Dice = (2Σtp + 1) / (Σt + Σp + 1)."""
+    truth = ops.cast(y_true, "float32")
+    probability = ops.clip(ops.cast(y_pred, "float32"), 1e-7, 1.0 - 1e-7)
+    bce = -ops.mean(truth * ops.log(probability) + (1.0 - truth) * ops.log(1.0 - probability), axis=_AXES)
+    soft_dice = (2.0 * ops.sum(truth * probability, axis=_AXES) + smooth) / (
+        ops.sum(truth, axis=_AXES) + ops.sum(probability, axis=_AXES) + smooth)
+    return bce + (1.0 - soft_dice)
+
+
+def make_dataset(images, masks, batch_size: int, training: bool = False, seed: int = 0, augmenter=None):
+    dataset = tf.data.Dataset.from_tensor_slices((images, masks))
+    if training:
+        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    if training and augmenter is not None:
+        dataset = dataset.map(lambda x, y: augment_pair(x, y, augmenter))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Adds each epoch's duration to the logs as 'seconds' (CSVLogger then writes it)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["seconds"] = time.perf_counter() - self.started
+
+
+def finish_training(model, name: str, models_dir, settings: dict) -> dict:
+    """After ``fit``: move ``<name>.in-progress.keras`` and its history to ``<name>.keras`` and
+    ``<name>_history.csv``, write ``<name>.json`` (settings, best epoch, timings, device, versions),
+    and return that record. A run whose loss became NaN keeps the previous model and says so."""
+    models_dir = Path(models_dir)
+    best_model, history_csv = models_dir / f"{name}.in-progress.keras", models_dir / f"{name}.in-progress_history.csv"
+    history = pd.read_csv(history_csv)
+    if not np.isfinite(history.loss).all() or not best_model.is_file():
+        for leftover in (best_model, history_csv):
+            leftover.unlink(missing_ok=True)
+        raise LungsegError(f"Training {name} stopped at epoch {len(history)}: the loss became NaN. Nothing was "
+                           f"saved; an earlier {name}.keras is kept. Lower LEARNING_RATE, or look for NaN in the data.")
+    best = int(history.val_iou_coef.idxmax())
+    record = {"model": name, **settings, "parameters": int(model.count_params()), "best_epoch": best + 1,
+              "best_val_iou": float(history.val_iou_coef[best]), "best_val_dice": float(history.val_dice_coef[best]),
+              "seconds_per_epoch": float(history.seconds[1:].mean() if len(history) > 1 else history.seconds[0]),
+              "first_epoch_seconds": float(history.seconds[0]), "training_seconds": float(history.seconds.sum()),
+              "device": describe_device(), "versions": library_versions(), "model_file": str(models_dir / f"{name}.keras")}
+    best_model.replace(models_dir / f"{name}.keras")
+    history_csv.replace(models_dir / f"{name}_history.csv")
+    write_json(models_dir / f"{name}.json", record)
+    return record
+
+
+def plot_history(histories: dict, path=None, synthetic: bool = False):
+    """Loss, Dice and IoU per epoch, training (dashed) and validation (solid), for one or more models."""
+    figure, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for (name, history), colour in zip(histories.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        for axis, metric in zip(axes, ("loss", "dice_coef", "iou_coef")):
+            axis.plot(history["epoch"] + 1, history[metric], "--", color=colour, alpha=0.6, label=f"{name} train")
+            axis.plot(history["epoch"] + 1, history[f"val_{metric}"], "-", color=colour, label=f"{name} validation")
+            axis.set_title(metric), axis.set_xlabel("epoch"), axis.grid(alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[2].legend(fontsize=8)
+    figure.suptitle("Training curves" + data_label(synthetic))
+    figure.tight_layout()
+    return save_figure(figure, path, synthetic)
+
+# ======================================== from notebooks/05_evaluate.py
+
+
+def load_trained_model(path):
+    """Load ``<name>.keras`` and the record it was trained with (``<name>.json`` beside it)."""
+    path = Path(path)
+    for needed in (path, path.with_suffix(".json")):
+        if not needed.is_file():
+            raise LungsegError(f"{needed} is missing: train the model first (notebooks 03_unet / 04_resunet), "
+                               "or use the committed models in the repository's models/ folder.")
+    return keras.saving.load_model(path), json.loads(path.with_suffix(".json").read_text())
+
+
+def predict_probabilities(model, slices_hu, settings: dict, batch_size: int = 8) -> list:
+    """Lung probability maps at each slice's own size. ``slices_hu``: one 2-D array in HU, or a
+    list / 3-D array of them; ``settings``: the model's record (img_size, hu_min, hu_max)."""
+    slices = [slices_hu] if np.ndim(slices_hu) == 2 else list(slices_hu)
+    if not slices:
+        raise LungsegError("No slices given to predict on.")
+    for index, image in enumerate(slices):
+        check_hu(np.asarray(image), f"slice {index}")
+    batch = np.stack([preprocess_slice(np.asarray(s), settings["img_size"], settings["hu_min"], settings["hu_max"])
+                      for s in slices])[..., None]
+    probabilities = model.predict(batch, batch_size=batch_size, verbose=0)[..., 0]
+    return [resize_image(p, np.shape(s)) for p, s in zip(probabilities, slices)]
+
+
+def predict_masks(model, slices_hu, settings: dict, threshold: float = 0.5, postprocess: bool = False,
+                  batch_size: int = 8):
+    """Binary lung masks (uint8 0/1) at the input size: one 2-D slice in, one mask out; a list or
+    3-D array in, a list out. ``postprocess``: :func:`clean_mask`."""
+    masks = [(p >= threshold).astype(np.uint8) for p in predict_probabilities(model, slices_hu, settings, batch_size)]
+    if postprocess:
+        masks = [clean_mask(m) for m in masks]
+    return masks[0] if np.ndim(slices_hu) == 2 else masks
+
+
+def overlap_scores(truth: np.ndarray, prediction: np.ndarray) -> dict:
+    """Dice, IoU, precision and recall of two binary masks (both empty: all 1)."""
+    truth, prediction = truth.astype(bool), prediction.astype(bool)
+    tp, fp, fn = np.count_nonzero(truth & prediction), np.count_nonzero(~truth & prediction), np.count_nonzero(truth & ~prediction)
+    if tp + fp + fn == 0:
+        return {"dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0}
+    return {"dice": 2 * tp / (2 * tp + fp + fn), "iou": tp / (tp + fp + fn),
+            "precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn) if tp + fn else 0.0}
+
+
+def hd95(truth: np.ndarray, prediction: np.ndarray, spacing_mm: float = 1.0) -> float:
+    """95th percentile of the distances from each mask's boundary pixels to the other's boundary, in
+    mm (both empty: 0; one empty: inf)."""
+    truth, prediction = truth.astype(bool), prediction.astype(bool)
+    if not truth.any() or not prediction.any():
+        return 0.0 if truth.any() == prediction.any() else float("inf")
+    edges = [mask & ~ndimage.binary_erosion(mask, structure=np.ones((3, 3)), border_value=0) for mask in (truth, prediction)]
+    to_truth, to_prediction = (ndimage.distance_transform_edt(~edge, sampling=spacing_mm) for edge in edges)
+    return float(np.percentile(np.concatenate([to_truth[edges[1]], to_prediction[edges[0]]]), 95))
+
+
+def score_slice(truth, prediction, spacing_mm: float) -> dict:
+    return {**overlap_scores(truth, prediction), "hd95_mm": hd95(truth, prediction, spacing_mm)}
+
+
+def pooled_dice(truths, predictions) -> float:
+    """Dice over all pixels of all slices together (large lungs weigh more than small ones)."""
+    tp = sum(np.count_nonzero(t.astype(bool) & p.astype(bool)) for t, p in zip(truths, predictions))
+    total = sum(np.count_nonzero(t) + np.count_nonzero(p) for t, p in zip(truths, predictions))
+    return 2 * tp / total if total else 1.0
+
+
+def clean_mask(mask, min_component_fraction: float = 0.01, max_hole_fraction: float = 0.001) -> np.ndarray:
+    """Drop islands smaller than ``min_component_fraction`` of the largest region; fill holes no
+    larger than ``max_hole_fraction`` of the slice (at 512x512: up to 262 pixels, vessels)."""
+    mask = np.asarray(mask).astype(bool)
+    labels, found = ndimage.label(mask)
+    if found > 1:
+        sizes = np.bincount(labels.ravel())[1:]
+        mask = np.isin(labels, 1 + np.flatnonzero(sizes >= min_component_fraction * sizes.max()))
+    holes, found = ndimage.label(ndimage.binary_fill_holes(mask) & ~mask)
+    if found:
+        sizes = np.bincount(holes.ravel())[1:]
+        mask = mask | np.isin(holes, 1 + np.flatnonzero(sizes <= max_hole_fraction * mask.size))
+    return mask.astype(np.uint8)
+
+
+def paired_comparison(a, b, seed: int = 0, resamples: int = 10000) -> dict:
+    """Per-slice scores of two models on the same slices: mean difference (a - b), its 95%
+    bootstrap confidence interval, and the Wilcoxon signed-rank test's p-value."""
+    difference = np.asarray(a, float) - np.asarray(b, float)
+    means = difference[np.random.default_rng(seed).integers(0, len(difference), (resamples, len(difference)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    p_value = float(stats.wilcoxon(difference).pvalue) if np.any(difference != 0) else 1.0
+    return {"mean_difference": float(difference.mean()), "ci95_low": float(low), "ci95_high": float(high),
+            "wilcoxon_p": p_value, "slices": int(len(difference)),
+            "a_better_slices": int((difference > 0).sum()), "b_better_slices": int((difference < 0).sum())}
+
+
+def error_overlay(image01: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """RGB picture of a windowed slice with false positives in red and false negatives in blue."""
+    rgb = np.repeat(image01[..., None], 3, axis=-1).astype(np.float32)
+    rgb[prediction.astype(bool) & ~truth.astype(bool)] = [1.0, 0.1, 0.1]
+    rgb[truth.astype(bool) & ~prediction.astype(bool)] = [0.1, 0.4, 1.0]
+    return rgb
+
+
+def lung_measurements(image_hu: np.ndarray, mask: np.ndarray, pixel_area_mm2: float) -> dict:
+    """Lung area (mm²), mean HU, and the 5th/95th percentile density (PD05/PD95) inside the mask."""
+    inside = image_hu[mask.astype(bool)].astype(np.float64)
+    if inside.size == 0:
+        return {"area_mm2": 0.0, "mean_hu": np.nan, "pd05_hu": np.nan, "pd95_hu": np.nan}
+    return {"area_mm2": inside.size * pixel_area_mm2, "mean_hu": inside.mean(),
+            "pd05_hu": np.percentile(inside, 5), "pd95_hu": np.percentile(inside, 95)}
+
+
+def mask_overlay(image01: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """RGB picture of a windowed slice with the mask tinted green."""
+    rgb = np.repeat(image01[..., None], 3, axis=-1).astype(np.float32)
+    rgb[mask.astype(bool)] = 0.55 * rgb[mask.astype(bool)] + 0.45 * np.array([0.1, 1.0, 0.2])
+    return rgb
+
+
+def predict_folder(model, settings: dict, inputs, output_dir, postprocess: bool = True) -> pd.DataFrame:
+    """Segment the user's slices (a folder of TIFF/PNG/DICOM files, or a list of files); save
+    ``<file name>_mask.png`` and ``<file name>_overlay.png`` for each into ``output_dir``."""
+    import cv2
+
+    if isinstance(inputs, (str, Path)):
+        folder = Path(inputs)
+        if not folder.is_dir():
+            raise LungsegError(f"PREDICT_DIR={str(folder)!r} is not a folder. Point it at a folder of CT slices.")
+        inputs = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not inputs:
+            raise LungsegError(f"PREDICT_DIR={str(folder)!r} holds no {', '.join(IMAGE_SUFFIXES)} files.")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path in map(Path, inputs):
+        image = read_slice(path)
+        check_hu(image, path)
+        mask = predict_masks(model, image, settings, postprocess=postprocess)
+        mask_path, overlay_path = output_dir / f"{path.name}_mask.png", output_dir / f"{path.name}_overlay.png"
+        cv2.imwrite(str(mask_path), mask * 255)
+        overlay = mask_overlay(window_hu(image, settings["hu_min"], settings["hu_max"]), mask)
+        cv2.imwrite(str(overlay_path), (overlay[..., ::-1] * 255).astype(np.uint8))
+        rows.append({"input": str(path), "shape": image.shape, "lung_fraction": float(mask.mean()),
+                     "mask": str(mask_path), "overlay": str(overlay_path)})
+    return pd.DataFrame(rows)

@@ -30,7 +30,11 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from lungseg import runner  # noqa: E402
 
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+from render_results import _portable, aggregate, update_readme  # noqa: E402
+
 RESULTS = REPO_ROOT / "benchmarks" / "results"
+MODELS_DIR = REPO_ROOT / "models"  # the committed models
 MODELS = ("unet", "resunet")
 REFERENCE = {"source": "Kaggle U-Net notebook on this dataset (its own split, 25 epochs)", "dice": 0.9650, "iou": 0.9317}
 
@@ -41,7 +45,9 @@ def time_inference(output_dir: Path, name: str, repeats: int = 3) -> dict:
     import lungseg_utils as lu
 
     model, settings = lu.load_trained_model(output_dir / "models" / f"{name}.keras")
-    _, images, _ = lu.load_split_originals(output_dir, "test")
+    names = json.loads((output_dir / "evaluation" / "evaluation.json").read_text())["test_names"]
+    paths = pd.read_csv(output_dir / "data" / "pairs.csv").set_index("name").image_path
+    images = [lu.read_slice(paths[n]) for n in names]
     lu.predict_masks(model, images[:8], settings, postprocess=True)  # warm-up: graph tracing
     single, batched = [], []
     for _ in range(repeats):
@@ -56,13 +62,41 @@ def time_inference(output_dir: Path, name: str, repeats: int = 3) -> dict:
             "batched_size": len(images)}
 
 
+def commit_models(output_dir: Path, data_dir: str) -> None:
+    """Copy the trained models of a run at the defaults into the repository's ``models/``: without
+    optimizer state (about 2 MB each), with their record (plus the test slices and the per-slice
+    test Dice that 05 measured, which a test reproduces) and their training history."""
+    import keras
+
+    import lungseg_utils as lu
+
+    evaluation = json.loads((output_dir / "evaluation" / "evaluation.json").read_text())
+    summary = pd.read_csv(output_dir / "evaluation" / "summary.csv")
+    MODELS_DIR.mkdir(exist_ok=True)
+    for name in MODELS:
+        model, record = lu.load_trained_model(output_dir / "models" / f"{name}.keras")
+        slim = keras.models.clone_model(model)
+        slim.set_weights(model.get_weights())
+        slim.compile(loss=lu.bce_dice_loss, metrics=[lu.dice_coef, lu.iou_coef])
+        slim.save(MODELS_DIR / f"{name}.keras")
+        native = summary[(summary.model == name) & (summary.resolution == "native") & ~summary.postprocessed]
+        record.update(model_file=f"models/{name}.keras", data_root=_portable(str(Path(data_dir).resolve())),
+                      test_slices=evaluation["test_names"], test_dice_native=float(native.dice_mean.iloc[0]),
+                      produced_by="python benchmarks/benchmark.py --data-dir ../shared/data/finding-lungs-in-ct-data "
+                                  "--seeds 0 1 2 --publish (its seed 0)")
+        lu.write_json(MODELS_DIR / f"{name}.json", record)
+        shutil.copy(output_dir / "models" / f"{name}_history.csv", MODELS_DIR / f"{name}_history.csv")
+    print("committed models written to", MODELS_DIR)
+
+
 def run_seed(seed: int, parameters: dict, output_dir: str, publish: bool) -> dict:
     started = time.perf_counter()
     executed = runner.run_pipeline({**parameters, **({"SEED": seed} if seed != 0 else {})}, output_dir)
     pipeline_seconds = time.perf_counter() - started
+    out = REPO_ROOT / output_dir
     if publish:
         runner.publish(executed)
-    out = REPO_ROOT / output_dir
+        commit_models(out, os.environ["LUNGSEG_DATA_DIR"])
     evaluation = json.loads((out / "evaluation" / "evaluation.json").read_text())
     summary = pd.read_csv(out / "evaluation" / "summary.csv")
     per_model = {}
@@ -88,19 +122,6 @@ def run_seed(seed: int, parameters: dict, output_dir: str, publish: bool) -> dic
                 "augmentation", "split", "split_seed")}, "versions": record["versions"]}
 
 
-def aggregate(runs: list[dict]) -> dict:
-    result = {}
-    for name in MODELS:
-        table = pd.DataFrame([run["models"][name] for run in runs])
-        result[name] = {f"{key}_mean_over_seeds": float(table[key].mean()) for key in table.columns}
-        result[name] |= {f"{key}_std_over_seeds": float(table[key].std(ddof=1)) if len(table) > 1 else 0.0
-                         for key in ("dice_mean", "iou_mean", "dice_min", "hd95_mm_mean", "postprocessed_dice_mean")}
-    differences = [run["models"]["unet"]["dice_mean"] - run["models"]["resunet"]["dice_mean"] for run in runs]
-    result["unet_minus_resunet_dice_per_seed"] = differences
-    result["pipeline_seconds_mean"] = float(np.mean([run["pipeline_seconds"] for run in runs]))
-    return result
-
-
 def print_table(benchmark: dict) -> None:
     rows = []
     for run in benchmark["runs"]:
@@ -122,14 +143,13 @@ def main(argv=None) -> int:
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     parser.add_argument("--label", default="", help="name of a non-default configuration (an ablation)")
     parser.add_argument("--publish", action="store_true",
-                        help="run the first seed in outputs/ and copy its executed notebooks into notebooks/")
+                        help="run the first seed in outputs/, copy its executed notebooks into notebooks/ and its "
+                             "models into models/")
     parser.add_argument("--append", action="store_true",
                         help="add these seeds' runs to an existing outputs/benchmark[-LABEL].json of the same settings")
     parser.add_argument("--readme", action="store_true", help="only regenerate the README's Results section")
     args = parser.parse_args(argv)
     if args.readme:
-        from render_results import update_readme
-
         update_readme()
         return 0
     # The data folder travels as LUNGSEG_DATA_DIR, so that the first seed runs the notebooks with

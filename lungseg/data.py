@@ -1,135 +1,19 @@
-"""Reading CT slices and lung masks, finding image/mask pairs, and verifying them.
+"""Finding image/mask pairs and verifying every one of them (the checks 01_download runs).
 
-CT slices are kept in Hounsfield units (HU). The Kaggle TIFFs are int16; a plain
-``cv2.imread`` would convert them to 8-bit and destroy the HU values, so TIFFs are
-read with tifffile (lossless) and PNGs with ``cv2.IMREAD_UNCHANGED``.
+Reading slices in HU is taught in 01_download and shared through ``lungseg_utils``.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".dcm")
+from lungseg_utils import IMAGE_SUFFIXES, LungsegError, check_hu, read_mask, read_slice
 
 # Layouts we recognise, as (images folder, masks folder) relative to a data root.
 KAGGLE_LAYOUT = [("2d_images", "2d_masks")]
 TRAIN_TEST_LAYOUT = [("Train/Images", "Train/Masks"), ("Test/Images", "Test/Masks")]
-
-# A 16-bit PNG cannot hold negative numbers, so by convention it stores HU + 1024.
-PNG_HU_OFFSET = -1024
-
-
-class LungsegError(ValueError):
-    """A problem with the user's data or parameters; the message names the file or
-    parameter and says how to fix it."""
-
-
-# --------------------------------------------------------------------------- reading
-def read_slice(path: str | Path, *, png_hu_offset: int = PNG_HU_OFFSET) -> np.ndarray:
-    """Read one CT slice as a 2-D array in HU.
-
-    - TIFF: read losslessly (int16 HU in the Kaggle set; float HU also accepted).
-    - DICOM (``.dcm``): pixel data with RescaleSlope/RescaleIntercept applied -> HU.
-    - PNG: must be 16-bit and hold HU + 1024 (``png_hu_offset`` is added back).
-    8-bit images cannot hold HU and are refused (see :func:`check_hu`).
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".tif", ".tiff"):
-            array = _read_tiff(path)
-        elif suffix == ".dcm":
-            array = _read_dicom_hu(path)
-        elif suffix == ".png":
-            import cv2
-
-            array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            if array is None:
-                raise OSError("OpenCV could not decode it")
-            if array.dtype == np.uint16:
-                array = array.astype(np.int32) + png_hu_offset
-        else:
-            raise LungsegError(
-                f"{path}: unsupported file type {suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}."
-            )
-    except LungsegError:
-        raise
-    except Exception as error:  # tifffile/pydicom/cv2 raise many different types
-        raise LungsegError(
-            f"{path}: unreadable or corrupt image ({type(error).__name__}: {error}). "
-            "Re-download or re-export this file, or remove it together with its mask."
-        ) from error
-    array = np.asarray(array)
-    if array.size == 0:
-        raise LungsegError(f"{path}: unreadable or corrupt image (no pixel data). Re-download or re-export it.")
-    if array.ndim == 3 and array.shape[-1] in (3, 4):
-        raise LungsegError(f"{path}: a colour image ({array.shape}); a CT slice has one channel in HU.")
-    if array.ndim != 2:
-        raise LungsegError(f"{path}: expected one 2-D slice, got an array of shape {array.shape}.")
-    return array
-
-
-def _read_tiff(path: Path) -> np.ndarray:
-    """tifffile first (lossless, any dtype); OpenCV with IMREAD_UNCHANGED for compressions that
-    tifffile cannot decode without the optional imagecodecs package (e.g. LZW)."""
-    import cv2
-    import tifffile
-
-    try:
-        return tifffile.imread(path)
-    except Exception:
-        array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if array is None:
-            raise
-        return array
-
-
-def _read_dicom_hu(path: Path) -> np.ndarray:
-    import pydicom
-
-    dataset = pydicom.dcmread(path)
-    pixels = dataset.pixel_array.astype(np.float32)
-    slope = float(getattr(dataset, "RescaleSlope", 1.0))
-    intercept = float(getattr(dataset, "RescaleIntercept", 0.0))
-    return pixels * slope + intercept
-
-
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read a lung mask and return it as uint8 {0, 1}; refuse anything non-binary."""
-    path = Path(path)
-    mask = read_slice(path, png_hu_offset=0)
-    values = np.unique(mask)
-    if not set(values.tolist()) <= {0, 1, 255}:
-        shown = ", ".join(str(v) for v in values[:6]) + (" ..." if len(values) > 6 else "")
-        raise LungsegError(
-            f"{path}: mask is not binary (values {shown}); masks must hold only 0 and 255 "
-            "(or 0 and 1). Re-export it as a binary mask."
-        )
-    return (mask > 0).astype(np.uint8)
-
-
-def check_hu(image: np.ndarray, name: str | Path) -> None:
-    """Refuse arrays that cannot be CT in HU: 8-bit images, or no air and tissue in range.
-
-    Every real chest CT slice contains air (about -1000 HU, below -500) and soft tissue
-    (above -200 HU); an 8-bit or normalised image does not.
-    """
-    if image.dtype in (np.uint8, np.int8, bool):
-        raise LungsegError(
-            f"{name}: an 8-bit image cannot hold Hounsfield units (HU). Export the slice as "
-            "int16 TIFF, 16-bit PNG holding HU+1024, or DICOM."
-        )
-    low, high = float(np.min(image)), float(np.max(image))
-    if low > -500 or high < -200:
-        raise LungsegError(
-            f"{name}: values {low:.0f}..{high:.0f} do not look like a CT slice in HU (expected air "
-            "below -500 and tissue above -200). Convert it to HU first; if it is a PNG, it must "
-            "be 16-bit holding HU+1024."
-        )
 
 
 # --------------------------------------------------------------------------- pairing
@@ -258,20 +142,3 @@ def pixel_area_mm2(stats_csv: str | Path | None, default: float = 0.703125) -> f
     stats = pd.read_csv(stats_csv)
     ratio = (stats.lung_area_mm2 / stats.lung_area_px).median()
     return float(ratio)
-
-
-def write_json(path: str | Path, record: dict) -> None:
-    """Write a JSON record atomically (a temporary file, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    temporary.replace(path)
-
-
-def read_json(path: str | Path, *, produced_by: str) -> dict:
-    """Read a JSON record that an earlier notebook wrote; say which notebook to run if missing."""
-    path = Path(path)
-    if not path.is_file():
-        raise LungsegError(f"{path} is missing: run {produced_by} first (with the same OUTPUT_DIR).")
-    return json.loads(path.read_text())

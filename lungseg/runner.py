@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,13 +49,32 @@ def declared_parameters(notebook) -> set[str]:
     return set()
 
 
+class _Progress:
+    """Streams what a running notebook prints (e.g. one line per training epoch) to the console, indented."""
+
+    def __init__(self, log):
+        self.log, self.pending = log, ""
+
+    def write(self, text: str) -> None:
+        self.pending += text
+        *lines, self.pending = self.pending.replace("\r", "\n").split("\n")
+        for line in lines:
+            if line.strip():
+                self.log("    " + line)
+
+    def flush(self) -> None:
+        pass
+
+
 def run_pipeline(parameters: dict, output_dir: str = "outputs", only=None, prepare_only: bool = False,
                  log=print) -> list[Path]:
-    """Execute (or, with ``prepare_only``, only parameterise) the notebooks; return the output paths."""
+    """Execute (or, with ``prepare_only``, only parameterise) the notebooks; return the output paths.
+    What the notebooks print is shown as they run, through ``log``."""
     import os
 
     import jupytext
     import papermill
+    from traitlets.config import Config
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the kernels inherit it: less TensorFlow chatter
 
@@ -70,21 +91,49 @@ def run_pipeline(parameters: dict, output_dir: str = "outputs", only=None, prepa
         given = {k: v for k, v in given.items() if not (k == "OUTPUT_DIR" and v == "outputs")}
         target = executed_dir / f"{source.stem}.ipynb"
         shown = ", ".join(f"{k}={v!r}" for k, v in given.items()) or "defaults"
-        log(f"[{number}/{len(sources)}] {source.stem} ({shown}) ...", end=" " if not prepare_only else "\n", flush=True)
+        log(f"[{number}/{len(sources)}] {source.stem} ({shown})", flush=True)
         started = time.perf_counter()
-        try:
-            papermill.execute_notebook(notebook, str(target), parameters=given, cwd=str(NOTEBOOKS),
-                                       kernel_name="python3", progress_bar=False, prepare_only=prepare_only)
-        except papermill.PapermillExecutionError as error:
-            log("FAILED")
-            raise NotebookFailed(
-                f"{source.stem} failed in cell {error.cell_index} (execution count {error.exec_count}): "
-                f"{error.ename}: {error.evalue}\nThe executed notebook, with the error, is {target}"
-            ) from None
+        # The kernel talks to us over local sockets (IPC) in a private folder, not unencrypted TCP.
+        with tempfile.TemporaryDirectory(prefix="lungseg-kernel-") as sockets:
+            config = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / "kernel")}})
+            try:
+                papermill.execute_notebook(notebook, str(target), parameters=given, cwd=str(NOTEBOOKS),
+                                           kernel_name="python3", progress_bar=False, prepare_only=prepare_only,
+                                           stdout_file=_Progress(log), config=config)
+            except papermill.PapermillExecutionError as error:
+                log("    FAILED")
+                raise NotebookFailed(
+                    f"{source.stem} failed in cell {error.cell_index} (execution count {error.exec_count}): "
+                    f"{error.ename}: {error.evalue}\nThe executed notebook, with the error, is {target}"
+                ) from None
         if not prepare_only:
-            log(f"done in {time.perf_counter() - started:.0f} s -> {target}")
+            log(f"    done in {time.perf_counter() - started:.0f} s -> {target}")
         written.append(target)
     return written
+
+
+def ensure_inputs(notebook: str, output_dir: str = "outputs", img_size: int | None = None) -> None:
+    """Run the notebooks that make ``notebook``'s inputs when they are missing, saying so in one line,
+    so that every notebook also runs alone (in Colab, each on a fresh machine).
+
+    02 needs 01's pairs; 03 and 04 need 02's arrays at ``img_size``; 05 needs 01's pairs and 02's split."""
+    data = REPO_ROOT / output_dir / "data"
+    needed = [] if (data / "dataset.json").is_file() and (data / "pairs.csv").is_file() else ["01"]
+    if notebook in ("03", "04"):
+        settings = data / "preprocess.json"
+        fits = (data / "arrays.npz").is_file() and settings.is_file() and \
+            json.loads(settings.read_text()).get("img_size") == img_size
+        needed += [] if fits and not needed else ["02"]
+    elif notebook == "05" and (needed or not (data / "split_manifest.csv").is_file()):
+        needed.append("02")
+    if needed:
+        names = " and ".join(NOTEBOOK_NAMES[n] for n in needed)
+        print(f"{data} lacks the inputs of {notebook}: running {names} first, with their defaults"
+              + (f" and IMG_SIZE={img_size}" if img_size and "02" in needed else "") + ".", flush=True)
+        run_pipeline({"IMG_SIZE": img_size} if img_size else {}, output_dir, only=needed, log=lambda *a, **k: None)
+
+
+NOTEBOOK_NAMES = {"01": "01_download", "02": "02_preprocess"}
 
 
 def publish(executed: list[Path]) -> None:

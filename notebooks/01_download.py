@@ -21,8 +21,9 @@
 # We use Kevin Mader's *Finding and Measuring Lungs in CT Data* (Kaggle `kmader/finding-lungs-in-ct-data`):
 # 267 axial chest CT slices of 512x512 pixels, stored as int16 **Hounsfield units** (HU: air is
 # -1000, water 0, bone several hundred), each with a manual lung mask (0 = background, 255 = lung).
-# This notebook gets the data from one of four sources, then checks every pair before anything is
-# trained on it, because a silent data problem (a missing mask, an 8-bit export) ruins everything after it.
+# This notebook gets the data, shows how to read a CT slice without losing its HU, and checks every
+# pair before anything is trained on it: a silent data problem (a missing mask, an 8-bit export)
+# ruins everything after it.
 #
 # | `DATA_SOURCE` | what it does |
 # |---|---|
@@ -31,33 +32,44 @@
 # | `"folder"` | uses `DATA_DIR` as it is: `2d_images/` + `2d_masks/`, or `Train/Images`, `Train/Masks`, `Test/Images`, `Test/Masks` |
 # | `"archive"` | extracts `ARCHIVE` (the Kaggle zip, or a folder with `2d_images.zip` and `2d_masks.zip`) into `DATA_DIR` |
 # | `"synthetic"` | writes CT-like phantoms: **not real CT**, only so that the pipeline runs anywhere; labelled as such everywhere |
-
-# %% [markdown]
-# ## Setup
-# In Colab this fetches the repository and installs what Colab lacks; elsewhere it only finds the
-# repository so that `lungseg_utils` can be imported.
+#
+# **Cells marked `#@save`** hold code that later notebooks use too. They are copied, unchanged, into
+# `lungseg_utils.py`, which the other notebooks import as `lu` (run `python -m lungseg.build_utils`
+# after editing one; a test fails while the two differ).
 
 # %%
+# Colab: fetch the repository and the packages Colab lacks. Elsewhere this only finds the repository.
 import os, subprocess, sys  # noqa: E401
 from pathlib import Path
-
+REPOSITORY = "https://github.com/lungseg/lungseg"
 if "google.colab" in sys.modules:
-    if not Path("/content/lungseg").exists():
-        subprocess.run(["git", "clone", "-q", "https://github.com/lungseg/lungseg", "/content/lungseg"], check=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "tifffile", "pydicom"], check=True)
+    if not Path("/content/lungseg").is_dir():
+        subprocess.run(f"git clone -q {REPOSITORY} /content/lungseg && pip install -q pydicom papermill jupytext",
+                       shell=True, check=True)
     os.chdir("/content/lungseg/notebooks")
 REPO_ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lungseg_utils.py").is_file())
-sys.path.insert(0, str(REPO_ROOT))
-
-# %% [markdown]
-# ## Imports
+sys.path.insert(0, str(REPO_ROOT))  # for lungseg_utils.py and lungseg/
 
 # %%
-import lungseg_utils as lu
+import lungseg_utils as lu  # first: it also quiets TensorFlow's start-up messages
+
+import json
+import platform
+from pathlib import Path
+
+import cv2
+import keras
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from lungseg.data import check_lung_stats, find_pairs, summarise, verify_pairs  # checks of every pair
+from lungseg.download import get_dataset  # Kaggle, archives (extracted safely), synthetic phantoms
 
 # %% [markdown]
 # ## Parameters
-# Change these here, or pass them with papermill (`python -m lungseg.runner -p DATA_SOURCE kaggle`).
+# Change these here, or pass them with papermill (`bash scripts/run.sh -p DATA_SOURCE kaggle`).
 # An empty `DATA_DIR` means `$LUNGSEG_DATA_DIR` if set, else `data/finding-lungs-in-ct-data` in the repository.
 
 # %% tags=["parameters"]
@@ -69,15 +81,53 @@ SYNTHETIC_COUNT = 60
 SEED = 0
 
 # %% [markdown]
-# ## Configuration
-# The effective settings and library versions, so that every run documents itself.
+# ## Every run documents itself
+# Each notebook starts by printing its effective settings, the machine and the library versions,
+# and writes JSON records as it goes. These helpers do that in every notebook.
+
+# %%
+#@save
+def describe_device() -> str:
+    """'GPU: <name>' for each GPU TensorFlow sees, else 'CPU: <processor> (<n> cores)'."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return "GPU: " + ", ".join(tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus)
+    processor = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")]
+        processor = models[0] if models else processor
+    return f"CPU: {processor} ({os.cpu_count()} cores)"
+
+
+def library_versions() -> dict:
+    import cv2
+    import scipy
+    import sklearn
+
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "pandas": pd.__version__, "scipy": scipy.__version__,
+            "scikit-learn": sklearn.__version__, "opencv": cv2.__version__}
+
+
+def config_table(config: dict) -> pd.DataFrame:
+    """A notebook's effective settings followed by the library versions, as a one-column table."""
+    return pd.Series({**config, **library_versions()}, name="value").astype(str).to_frame()
+
+
+def write_json(path, record: dict) -> None:
+    """Write a JSON record atomically (a temporary file, then a rename): never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".partial")
+    temporary.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    temporary.replace(path)
 
 # %%
 data_dir = Path(DATA_DIR or os.environ.get("LUNGSEG_DATA_DIR") or REPO_ROOT / "data" / "finding-lungs-in-ct-data")
 output_dir = REPO_ROOT / OUTPUT_DIR
-config = {"DATA_SOURCE": DATA_SOURCE, "DATA_DIR": str(data_dir), "ARCHIVE": ARCHIVE,
-          "OUTPUT_DIR": str(output_dir), "SYNTHETIC_COUNT": SYNTHETIC_COUNT, "SEED": SEED}
-lu.config_table(config)
+config_table({"DATA_SOURCE": DATA_SOURCE, "DATA_DIR": data_dir, "ARCHIVE": ARCHIVE, "OUTPUT_DIR": output_dir,
+              "SYNTHETIC_COUNT": SYNTHETIC_COUNT, "SEED": SEED, "device": describe_device()})
 
 # %% [markdown]
 # ## Get the data
@@ -86,26 +136,121 @@ lu.config_table(config)
 # never overwritten, and re-running with the data in place downloads nothing.
 
 # %%
-dataset = lu.get_dataset(DATA_SOURCE, data_dir, output_dir, archive=ARCHIVE or None,
-                         synthetic_count=SYNTHETIC_COUNT, seed=SEED, in_colab="google.colab" in sys.modules)
-pairs = lu.find_pairs(dataset["root"])
-print(f"source: {dataset['source']}{lu.data_label(dataset['synthetic'])}")
-print(f"data folder: {dataset['root']}")
+dataset = get_dataset(DATA_SOURCE, data_dir, output_dir, archive=ARCHIVE or None, synthetic_count=SYNTHETIC_COUNT,
+                      seed=SEED, in_colab="google.colab" in sys.modules)
+pairs = find_pairs(dataset["root"])
+print(f"source: {dataset['source']}{' [SYNTHETIC DATA - not real CT]' if dataset['synthetic'] else ''}")
+print(f"data folder: {dataset['root']}, {len(pairs)} image/mask pairs")
+
+# %% [markdown]
+# ## Reading a CT slice in Hounsfield units
+# The slices are int16 TIFFs in HU. The obvious `cv2.imread(path)` silently converts them to
+# 8-bit and the HU are gone; `tifffile` (or OpenCV with `IMREAD_UNCHANGED`) keeps them:
+
+# %%
+first_image = pairs.image_path.iloc[0]
+for how, array in [("cv2.imread(path)", cv2.imread(first_image)),
+                   ("cv2.imread(path, cv2.IMREAD_UNCHANGED)", cv2.imread(first_image, cv2.IMREAD_UNCHANGED))]:
+    print(f"{how:40s} -> {array.dtype} {array.shape}, values {array.min()}..{array.max()}")
+
+# %% [markdown]
+# So we read every slice through one function that keeps HU for the formats a CT slice comes in
+# (TIFF, DICOM with its rescale slope and intercept, 16-bit PNG holding HU + 1024), and refuses
+# what cannot be HU, with a message that names the file and the fix.
+
+# %%
+#@save
+class LungsegError(ValueError):
+    """A problem with the user's data or parameters; the message names the file or parameter and the fix."""
+
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".dcm")
+PNG_HU_OFFSET = -1024  # a 16-bit PNG cannot hold negative numbers: by convention it stores HU + 1024
+
+
+def read_slice(path, *, png_hu_offset: int = PNG_HU_OFFSET) -> np.ndarray:
+    """One CT slice as a 2-D array in HU: TIFF read losslessly, DICOM with RescaleSlope/Intercept
+    applied, 16-bit PNG with ``png_hu_offset`` added. Anything unreadable raises LungsegError."""
+    import cv2
+    import tifffile
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise LungsegError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}.")
+    try:
+        if suffix == ".dcm":
+            import pydicom
+
+            dataset = pydicom.dcmread(path)
+            array = dataset.pixel_array * float(getattr(dataset, "RescaleSlope", 1.0)) + float(
+                getattr(dataset, "RescaleIntercept", 0.0))
+        elif suffix == ".png":
+            array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if array is None:
+                raise OSError("OpenCV could not decode it")
+            if array.dtype == np.uint16:
+                array = array.astype(np.int32) + png_hu_offset
+        else:
+            try:
+                array = tifffile.imread(path)
+            except Exception:  # compressions tifffile needs imagecodecs for (LZW): OpenCV keeps the bits too
+                array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+                if array is None:
+                    raise
+    except Exception as error:  # tifffile, pydicom and OpenCV raise many different types
+        raise LungsegError(f"{path}: unreadable or corrupt image ({type(error).__name__}: {error}). "
+                           "Re-download or re-export this file, or remove it together with its mask.") from error
+    array = np.asarray(array)
+    if array.size == 0:
+        raise LungsegError(f"{path}: unreadable or corrupt image (no pixel data). Re-download or re-export it.")
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        raise LungsegError(f"{path}: a colour image {array.shape}; a CT slice has one channel in HU.")
+    if array.ndim != 2:
+        raise LungsegError(f"{path}: expected one 2-D slice, got an array of shape {array.shape}.")
+    return array
+
+
+def read_mask(path) -> np.ndarray:
+    """A lung mask as uint8 {0, 1}; anything but 0/1/255 is refused."""
+    mask = read_slice(path, png_hu_offset=0)
+    values = np.unique(mask)
+    if not set(values.tolist()) <= {0, 1, 255}:
+        shown = ", ".join(str(v) for v in values[:6]) + (" ..." if len(values) > 6 else "")
+        raise LungsegError(f"{path}: mask is not binary (values {shown}); masks must hold only 0 and 255 "
+                           "(or 0 and 1). Re-export it as a binary mask.")
+    return (mask > 0).astype(np.uint8)
+
+
+def check_hu(image: np.ndarray, name) -> None:
+    """Refuse arrays that cannot be CT in HU: every chest slice has air (below -500) and tissue (above -200)."""
+    if image.dtype in (np.uint8, np.int8, bool):
+        raise LungsegError(f"{name}: an 8-bit image cannot hold Hounsfield units (HU). Export the slice as "
+                           "int16 TIFF, 16-bit PNG holding HU+1024, or DICOM.")
+    low, high = float(np.min(image)), float(np.max(image))
+    if low > -500 or high < -200:
+        raise LungsegError(f"{name}: values {low:.0f}..{high:.0f} do not look like a CT slice in HU (expected air "
+                           "below -500 and tissue above -200). Convert it to HU first; if it is a PNG, it must "
+                           "be 16-bit holding HU+1024.")
+
+# %%
+image = read_slice(first_image)
+print(f"read_slice -> {image.dtype} {image.shape}, {image.min()}..{image.max()} HU")
 
 # %% [markdown]
 # ## Verify every pair
-# Each slice is read losslessly (a plain `cv2.imread` would turn the int16 HU into 8-bit and destroy
-# them) and checked: the image is in HU, the mask is binary, and both have the same shape.
+# Every slice is read this way and checked: the image is in HU, the mask is binary, and both have
+# the same shape (`verify_pairs`; the first problem stops the run and names the file).
 
 # %%
 # NBVAL_CHECK_OUTPUT
-facts = lu.verify_pairs(pairs)
+facts = verify_pairs(pairs)
 print(f"verified pairs: {len(facts)}")
 print("image dtypes:", sorted(set(facts.dtype)))
 print("shapes:", sorted({f"{h}x{w}" for h, w in zip(facts.height, facts.width)}))
 
 # %%
-lu.summarise(facts)
+summarise(facts)
 
 # %% [markdown]
 # `lung_stats.csv` (where present) lists each slice's lung area in pixels: it must agree with the
@@ -114,32 +259,69 @@ lu.summarise(facts)
 # %%
 stats_csv = Path(dataset["root"]) / "lung_stats.csv"
 if stats_csv.is_file():
-    compared = lu.check_lung_stats(stats_csv, facts)
+    compared = check_lung_stats(stats_csv, facts)
     print(f"lung_stats.csv agrees with the masks on all {len(compared)} slices it lists")
 else:
     print("no lung_stats.csv beside the data: nothing to compare")
 
 # %% [markdown]
 # ## A first look
+# A CT slice is shown through a *window* of HU (here -1000..400, air to soft tissue); a helper draws
+# rows of images and saves the figure. Figures of synthetic data are stamped as such.
+
+# %%
+#@save
+SYNTHETIC_LABEL = "SYNTHETIC DATA - not real CT"
+
+
+def data_label(synthetic: bool) -> str:
+    """A suffix for titles and records, so that synthetic results are never mistaken for real ones."""
+    return f" [{SYNTHETIC_LABEL}]" if synthetic else ""
+
+
+def save_figure(figure, path=None, synthetic: bool = False):
+    """Stamp synthetic figures, save to ``path`` (PNG) if given, and return the figure."""
+    if synthetic:
+        figure.text(0.5, 0.0, SYNTHETIC_LABEL, ha="center", va="top", color="red", fontsize=11)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=100, bbox_inches="tight")
+    return figure
+
+
+def show_pairs(rows, column_titles, row_titles=None, title="", path=None, synthetic=False, size=2.6):
+    """A grid of images (``rows``: lists of 2-D or RGB arrays), grey colour map, no ticks."""
+    figure, axes = plt.subplots(len(rows), len(rows[0]), figsize=(size * len(rows[0]), size * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        for c, picture in enumerate(row):
+            axes[r, c].imshow(picture, cmap="gray")
+            axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
+            if r == 0:
+                axes[r, c].set_title(column_titles[c], fontsize=10)
+        if row_titles:
+            axes[r, 0].set_ylabel(row_titles[r], fontsize=8)
+    figure.suptitle(title + data_label(synthetic), fontsize=11)
+    figure.tight_layout()
+    return save_figure(figure, path, synthetic)
+
+# %% [markdown]
 # Four slices with their masks. The dark circle's outside (around -2000 HU) is padding beyond the
 # scanner's field of view, not tissue.
 
 # %%
 examples = pairs.iloc[:: max(1, len(pairs) // 4)][:4]
-rows = [[lu.window_hu(lu.read_slice(p.image_path), -1000, 400), lu.read_mask(p.mask_path)]
-        for p in examples.itertuples()]
-lu.show_pairs(rows, ["CT slice (window -1000..400 HU)", "lung mask"], list(examples.name),
-              title="Example slices", path=output_dir / "figures" / "01_examples.png",
-              synthetic=dataset["synthetic"]);
+rows = [[np.clip((read_slice(p.image_path) + 1000) / 1400, 0, 1), read_mask(p.mask_path)] for p in examples.itertuples()]
+show_pairs(rows, ["CT slice (window -1000..400 HU)", "lung mask"], list(examples.name), title="Example slices",
+           path=output_dir / "figures" / "01_examples.png", synthetic=dataset["synthetic"]);
 
 # %% [markdown]
 # ## Record what we got
-# The next notebook reads these two files: the list of pairs and a record of the source.
+# The next notebook reads these files: the list of pairs, the facts of each slice and a record of the source.
 
 # %%
 (output_dir / "data").mkdir(parents=True, exist_ok=True)
 pairs.to_csv(output_dir / "data" / "pairs.csv", index=False)
 facts.to_csv(output_dir / "data" / "slice_facts.csv", index=False)
-lu.write_json(output_dir / "data" / "dataset.json",
-              {**dataset, "pairs": len(pairs), "stats_csv": str(stats_csv) if stats_csv.is_file() else None})
+write_json(output_dir / "data" / "dataset.json",
+           {**dataset, "pairs": len(pairs), "stats_csv": str(stats_csv) if stats_csv.is_file() else None})
 print("wrote", output_dir / "data" / "pairs.csv", "and dataset.json")

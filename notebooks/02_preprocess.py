@@ -22,34 +22,37 @@
 # to 3000. This notebook turns the verified slices of `01_download` into training arrays: it maps a
 # window of HU to [0, 1], resizes images and masks (keeping masks binary), splits the slices into
 # train/validation/test **once** with a saved manifest, and shows what data augmentation does (and
-# why it is off by default here).
-
-# %% [markdown]
-# ## Setup
-# In Colab this fetches the repository and installs what Colab lacks; elsewhere it only finds the
-# repository so that `lungseg_utils` can be imported.
+# why it is off by default here). Cells marked `#@save` are also in `lungseg_utils.py`, because the
+# training notebooks and the evaluation use them.
 
 # %%
+# Colab: fetch the repository and the packages Colab lacks. Elsewhere this only finds the repository.
 import os, subprocess, sys  # noqa: E401
 from pathlib import Path
-
+REPOSITORY = "https://github.com/lungseg/lungseg"
 if "google.colab" in sys.modules:
-    if not Path("/content/lungseg").exists():
-        subprocess.run(["git", "clone", "-q", "https://github.com/lungseg/lungseg", "/content/lungseg"], check=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "tifffile", "pydicom"], check=True)
+    if not Path("/content/lungseg").is_dir():
+        subprocess.run(f"git clone -q {REPOSITORY} /content/lungseg && pip install -q pydicom papermill jupytext",
+                       shell=True, check=True)
     os.chdir("/content/lungseg/notebooks")
 REPO_ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lungseg_utils.py").is_file())
-sys.path.insert(0, str(REPO_ROOT))
-
-# %% [markdown]
-# ## Imports
+sys.path.insert(0, str(REPO_ROOT))  # for lungseg_utils.py and lungseg/
 
 # %%
+import lungseg_utils as lu  # first: it also quiets TensorFlow's start-up messages
+from lungseg_utils import LungsegError  # saved in 01_download; the #@save cells below raise it
+
+import json
+from pathlib import Path
+
+import keras
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import tensorflow as tf
+from sklearn.model_selection import train_test_split
 
-import lungseg_utils as lu
+from lungseg.runner import ensure_inputs  # runs 01_download first if its outputs are missing
 
 # %% [markdown]
 # ## Parameters
@@ -72,29 +75,46 @@ FLIP_UP_DOWN = False
 # ## Configuration
 
 # %%
+#@save
+def check_img_size(img_size) -> int:
+    """The U-Nets halve the resolution four times, so the input size must be a multiple of 16."""
+    if not isinstance(img_size, (int, np.integer)) or img_size < 16 or img_size % 16:
+        raise LungsegError(f"IMG_SIZE={img_size!r} cannot be used: the models halve the resolution 4 times, so it "
+                           "must be a positive multiple of 16 (e.g. 128, 256, 384, 512).")
+    return int(img_size)
+
+# %%
+check_img_size(IMG_SIZE)
 output_dir = REPO_ROOT / OUTPUT_DIR
-lu.check_img_size(IMG_SIZE)
-dataset = lu.read_json(output_dir / "data" / "dataset.json", produced_by="notebooks/01_download")
+ensure_inputs("02", OUTPUT_DIR)
+dataset = json.loads((output_dir / "data" / "dataset.json").read_text())
 pairs = pd.read_csv(output_dir / "data" / "pairs.csv")
 augmentation = {"rotation_degrees": float(ROTATION_DEGREES), "flip_left_right": bool(FLIP_LEFT_RIGHT),
                 "flip_up_down": bool(FLIP_UP_DOWN)}
-config = {"OUTPUT_DIR": str(output_dir), "IMG_SIZE": IMG_SIZE, "HU window": (HU_MIN, HU_MAX),
-          "SPLIT": SPLIT, "SPLIT_SEED": SPLIT_SEED, "augmentation": augmentation,
-          "data": f"{dataset['source']}{lu.data_label(dataset['synthetic'])}: {len(pairs)} pairs"}
-lu.config_table(config)
+lu.config_table({"OUTPUT_DIR": output_dir, "IMG_SIZE": IMG_SIZE, "HU window": (HU_MIN, HU_MAX), "SPLIT": SPLIT,
+                 "SPLIT_SEED": SPLIT_SEED, "augmentation": augmentation,
+                 "data": f"{dataset['source']}{lu.data_label(dataset['synthetic'])}: {len(pairs)} pairs"})
 
 # %% [markdown]
 # ## The HU window
-# Why a window: almost all the information for finding lungs lies between air and soft tissue.
-# Below, one slice over its full HU range, the same slice windowed, and its HU histogram with the
-# window's ends.
+# Almost all the information for finding lungs lies between air and soft tissue, so we clip HU to
+# a window and scale it to [0, 1]. Below, one slice over its full HU range, the same slice
+# windowed, and its HU histogram with the window's ends.
 
 # %%
-first = pairs.iloc[0]
-image_hu = lu.read_slice(first.image_path)
+#@save
+def window_hu(image: np.ndarray, hu_min: float, hu_max: float) -> np.ndarray:
+    """Clip HU to [hu_min, hu_max] and scale linearly to [0, 1] (float32). With (-1000, 400), the
+    padding outside the scanner's field of view (below -2000) becomes air."""
+    if not hu_max > hu_min:
+        raise LungsegError(f"HU window ({hu_min}, {hu_max}) is empty: HU_MAX must be greater than HU_MIN.")
+    return np.clip((image.astype(np.float32) - hu_min) / (hu_max - hu_min), 0.0, 1.0)
+
+# %%
+image_hu = lu.read_slice(pairs.image_path.iloc[0])
 figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
 axes[0].imshow(image_hu, cmap="gray"), axes[0].set_title(f"full range {image_hu.min()}..{image_hu.max()} HU")
-axes[1].imshow(lu.window_hu(image_hu, HU_MIN, HU_MAX), cmap="gray"), axes[1].set_title(f"window {HU_MIN}..{HU_MAX} HU")
+axes[1].imshow(window_hu(image_hu, HU_MIN, HU_MAX), cmap="gray"), axes[1].set_title(f"window {HU_MIN}..{HU_MAX} HU")
 axes[2].hist(image_hu.ravel(), bins=200, color="grey")
 for edge in (HU_MIN, HU_MAX):
     axes[2].axvline(edge, color="red")
@@ -106,28 +126,68 @@ lu.save_figure(figure, output_dir / "figures" / "02_hu_window.png", dataset["syn
 # %% [markdown]
 # ## Split once, and write it down
 # Each slice is its own group (the file names carry no patient id, and no two slices look like
-# neighbours). The split depends only on the file names and `SPLIT_SEED`; the manifest records it so that
-# the training and evaluation notebooks, and you, see exactly which slices were held out.
+# neighbours). scikit-learn's `train_test_split` takes the test slices off first, then the
+# validation slices from the rest; sorting the names first makes the split depend only on the set
+# of names and `SPLIT_SEED`. The manifest records it, so that training, evaluation and you see
+# exactly which slices were held out.
+
+# %%
+#@save
+def split_slices(names, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> pd.DataFrame:
+    """Each slice to train/val/test: the test slices first, then the validation slices from the rest."""
+    names, fractions = sorted(names), list(fractions)
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise LungsegError(f"SPLIT={fractions} must be three fractions (train, val, test) summing to 1.")
+    n_val, n_test = round(fractions[1] * len(names)), round(fractions[2] * len(names))
+    if min(n_val, n_test, len(names) - n_val - n_test) < 1:
+        raise LungsegError(f"SPLIT={fractions} on {len(names)} slices gives {len(names) - n_val - n_test}/{n_val}/"
+                           f"{n_test} train/val/test slices; every part needs at least one. Use larger fractions.")
+    train_val, test = train_test_split(names, test_size=n_test, random_state=seed)
+    train, val = train_test_split(train_val, test_size=n_val, random_state=seed)
+    part_of = {**dict.fromkeys(train, "train"), **dict.fromkeys(val, "val"), **dict.fromkeys(test, "test")}
+    return pd.DataFrame({"name": names, "split": [part_of[name] for name in names]})
 
 # %%
 # NBVAL_CHECK_OUTPUT
-manifest = lu.make_split(pairs.name, SPLIT, SPLIT_SEED)
+manifest = split_slices(pairs.name, SPLIT, SPLIT_SEED)
 manifest.to_csv(output_dir / "data" / "split_manifest.csv", index=False)
 print(manifest.split.value_counts().reindex(["train", "val", "test"]).to_string())
 
 # %% [markdown]
 # ## Window and resize every slice
-# Images are windowed, then shrunk with area averaging (no aliasing). Masks are resized as 0/1
-# values the same way and thresholded at 0.5, so each new pixel is lung when most of it was lung,
-# and the masks stay binary.
+# Images are windowed, then shrunk with area averaging (each new pixel is the mean of the pixels
+# it covers: no aliasing). Masks are resized as 0/1 values the same way and thresholded at 0.5,
+# so a new pixel is lung when most of it was lung, and the masks stay binary.
+
+# %%
+#@save
+def resize_image(image: np.ndarray, size) -> np.ndarray:
+    """Resize a float image to ``size`` (an int for a square, or (height, width)): area averaging
+    when shrinking, bilinear when enlarging."""
+    import cv2
+
+    height, width = (size, size) if np.isscalar(size) else size
+    shrinking = height * width < image.shape[0] * image.shape[1]
+    return cv2.resize(image.astype(np.float32), (int(width), int(height)),
+                      interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def resize_mask(mask: np.ndarray, size) -> np.ndarray:
+    """Resize a binary mask and keep it binary: the fraction of lung under each new pixel, >= 0.5."""
+    return (resize_image(mask.astype(np.float32), size) >= 0.5).astype(np.uint8)
+
+
+def preprocess_slice(image_hu: np.ndarray, img_size: int, hu_min: float, hu_max: float) -> np.ndarray:
+    """A slice in HU -> a model input (img_size x img_size, float32 in [0, 1]): window, then resize."""
+    return resize_image(window_hu(image_hu, hu_min, hu_max), img_size)
 
 # %%
 pairs = pairs.merge(manifest, on="name")
 arrays = {}
 for split in ("train", "val", "test"):
     part = pairs[pairs.split == split]
-    images = [lu.preprocess_slice(lu.read_slice(p), IMG_SIZE, HU_MIN, HU_MAX) for p in part.image_path]
-    masks = [lu.resize_mask(lu.read_mask(p), IMG_SIZE) for p in part.mask_path]
+    images = [preprocess_slice(lu.read_slice(p), IMG_SIZE, HU_MIN, HU_MAX) for p in part.image_path]
+    masks = [resize_mask(lu.read_mask(p), IMG_SIZE) for p in part.mask_path]
     arrays[f"x_{split}"] = np.stack(images)[..., None].astype(np.float32)
     arrays[f"y_{split}"] = np.stack(masks)[..., None].astype(np.uint8)
     arrays[f"names_{split}"] = part.name.to_numpy(dtype=str)
@@ -158,31 +218,52 @@ print("wrote", arrays_path, f"({arrays_path.stat().st_size / 1e6:.0f} MB) and pr
 # %% [markdown]
 # ## Augmentation
 # With about 150 training slices a model can memorise them, and the usual guard is augmentation:
-# each time a slice is drawn for training, it is randomly mirrored left-right (`FLIP_LEFT_RIGHT`)
-# and rotated by up to `ROTATION_DEGREES`; image and mask get the same transform, and the mask is
-# thresholded again so it stays binary. Up-down flips (`FLIP_UP_DOWN`) exist but an upside-down
-# chest is not a slice a model will ever meet.
-#
+# each time a batch is drawn for training, its slices are randomly mirrored left-right
+# (`FLIP_LEFT_RIGHT`) and rotated by up to `ROTATION_DEGREES`. Keras' preprocessing layers
+# `RandomFlip` and `RandomRotation` do the work. Image and mask must get the *same* transform, so
+# they go through the layers stacked as two channels, and the mask is thresholded again so it stays
+# binary. Up-down flips (`FLIP_UP_DOWN`) exist, but an upside-down chest is not a slice a model will
+# ever meet.
+
+# %%
+#@save
+def make_augmenter(rotation_degrees: float = 10.0, flip_left_right: bool = True, flip_up_down: bool = False,
+                   seed: int = 0):
+    """Random flips and rotations (Keras preprocessing layers), or None when every option is off."""
+    flips = {(True, False): "horizontal", (False, True): "vertical", (True, True): "horizontal_and_vertical"}
+    steps = []
+    if flip_left_right or flip_up_down:
+        steps.append(keras.layers.RandomFlip(flips[(bool(flip_left_right), bool(flip_up_down))], seed=seed))
+    if rotation_degrees:  # the factor is a fraction of a full turn; rotated-in corners are 0, air after windowing
+        steps.append(keras.layers.RandomRotation(rotation_degrees / 360, fill_mode="constant", fill_value=0.0,
+                                                 seed=seed))
+    return keras.Sequential(steps, name="augmentation") if steps else None
+
+
+def augment_pair(images, masks, augmenter):
+    """The same random transform for a batch of images (N, H, W, 1) and their masks."""
+    both = augmenter(tf.concat([tf.cast(images, "float32"), tf.cast(masks, "float32")], axis=-1), training=True)
+    return both[..., :1], tf.cast(both[..., 1:] >= 0.5, masks.dtype)
+
+# %% [markdown]
 # **On these slices it did not pay, so it is off by default.** In the benchmark (README, Results)
 # flips with ±10° rotations lowered the test Dice of both models on every one of 3 seeds (about
 # 0.002, measured at learning rate 1e-3), and the validation Dice too; flips alone changed nothing
-# measurable (one seed). The test
-# slices come from the same collection and scanners as the training slices; on your own scans, if
-# they vary more (other scanners, patient positions), try `ROTATION_DEGREES = 10` and
-# `FLIP_LEFT_RIGHT = True` and compare on your validation slices. Below: one training slice (left)
-# and five random augmentations of it, with the settings above, or, when they switch augmentation
-# off, with those example settings.
+# measurable (one seed). The test slices come from the same collection and scanners as the
+# training slices; on your own scans, if they vary more (other scanners, patient positions), try
+# `ROTATION_DEGREES = 10` and `FLIP_LEFT_RIGHT = True` and compare on your validation slices. Below:
+# one training slice (left) and five random augmentations of it, with the settings above, or, when
+# they switch augmentation off, with those example settings.
 
 # %%
 augmentation_on = any(augmentation.values())
 shown = augmentation if augmentation_on else {"rotation_degrees": 10.0, "flip_left_right": True, "flip_up_down": False}
 print("augmentation in training:", augmentation if augmentation_on else "off", "| figure shows:", shown)
-image, mask = arrays["x_train"][0], arrays["y_train"][0]
-augmented = [lu.augment_pair(image, mask, seed=[SPLIT_SEED, i], **shown) for i in range(5)]
-rows = [[image[..., 0]] + [a[0].numpy()[..., 0] for a in augmented],
-        [mask[..., 0]] + [a[1].numpy()[..., 0] for a in augmented]]
+image, mask = arrays["x_train"][:1], arrays["y_train"][:1]
+new_images, new_masks = augment_pair(np.repeat(image, 5, axis=0), np.repeat(mask, 5, axis=0),
+                                     make_augmenter(**shown, seed=SPLIT_SEED))
+rows = [[image[0, ..., 0]] + list(new_images.numpy()[..., 0]), [mask[0, ..., 0]] + list(new_masks.numpy()[..., 0])]
 title = "Training augmentation" if augmentation_on else "Augmentation example (not used in training at these settings)"
-lu.show_pairs(rows, ["original"] + [f"augmented {i + 1}" for i in range(5)], ["image", "mask"],
-              title=title, path=output_dir / "figures" / "02_augmentation.png",
-              synthetic=dataset["synthetic"], size=2.2);
-print("augmented mask values:", np.unique(np.concatenate([a[1].numpy().ravel() for a in augmented])))
+lu.show_pairs(rows, ["original"] + [f"augmented {i + 1}" for i in range(5)], ["image", "mask"], title=title,
+              path=output_dir / "figures" / "02_augmentation.png", synthetic=dataset["synthetic"], size=2.2);
+print("augmented mask values:", np.unique(new_masks.numpy()))

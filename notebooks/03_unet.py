@@ -21,114 +21,312 @@
 # The U-Net (Ronneberger et al., 2015) is the classic network for medical image segmentation: an
 # encoder that sees more and more context at lower and lower resolution, a decoder that brings the
 # resolution back, and *skip connections* that hand the decoder the encoder's sharp details at
-# each scale. We build it from scratch with the Keras functional API, train it on the arrays from
-# `02_preprocess` with a BCE + Dice loss, and keep the epoch with the best validation IoU.
-
-# %% [markdown]
-# ## Setup
-# In Colab this fetches the repository and installs what Colab lacks; elsewhere it only finds the
-# repository so that `lungseg_utils` can be imported.
+# each scale. Here we build it from scratch with the Keras functional API, write its loss and
+# metrics, feed it with `tf.data`, and train it with `compile` and `fit`, keeping the epoch with the
+# best validation IoU. Every piece is a cell you can change and re-run: another depth, another
+# block, another loss. Cells marked `#@save` are also in `lungseg_utils.py` (04 and 05 use them).
 
 # %%
+# Colab: fetch the repository and the packages Colab lacks. Elsewhere this only finds the repository.
 import os, subprocess, sys  # noqa: E401
 from pathlib import Path
-
+REPOSITORY = "https://github.com/lungseg/lungseg"
 if "google.colab" in sys.modules:
-    if not Path("/content/lungseg").exists():
-        subprocess.run(["git", "clone", "-q", "https://github.com/lungseg/lungseg", "/content/lungseg"], check=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "tifffile", "pydicom"], check=True)
+    if not Path("/content/lungseg").is_dir():
+        subprocess.run(f"git clone -q {REPOSITORY} /content/lungseg && pip install -q pydicom papermill jupytext",
+                       shell=True, check=True)
     os.chdir("/content/lungseg/notebooks")
 REPO_ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lungseg_utils.py").is_file())
-sys.path.insert(0, str(REPO_ROOT))
-
-# %% [markdown]
-# ## Imports
+sys.path.insert(0, str(REPO_ROOT))  # for lungseg_utils.py and lungseg/
 
 # %%
-import inspect
+import lungseg_utils as lu  # first: it also quiets TensorFlow's start-up messages
+from lungseg_utils import (LungsegError, augment_pair, data_label, describe_device,  # used by this notebook's
+                           library_versions, save_figure, write_json)  # #@save cells; saved in 01 and 02
 
-import lungseg_utils as lu
+import json
+import math
+import time
+from pathlib import Path
+
+import keras
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from keras import layers, ops
+
+from lungseg.checks import check_training_settings  # refuses settings that cannot work, before minutes of training
+from lungseg.runner import ensure_inputs  # runs 01 and 02 first if their outputs are missing
 
 # %% [markdown]
 # ## Parameters
-# The defaults train in minutes on 2 CPU cores (the README's Results give measured times).
-# `IMG_SIZE` must match the arrays written by `02_preprocess`.
+# The defaults train in a few minutes on 2 CPU cores (the README's Results give measured times).
+# `IMG_SIZE` is the size the slices are resized to (02 makes the arrays at this size if needed).
 
-# %% tags=["parameters"]
+# %%
 OUTPUT_DIR = "outputs"
 IMG_SIZE = 256
 EPOCHS = 25
 BATCH_SIZE = 8
-LEARNING_RATE = 3e-3  # not the usual 1e-3: see "Train" below
+LEARNING_RATE = 3e-3  # not the usual 1e-3: see "Compile" below
 BASE_FILTERS = 8
 SEED = 0
 
 # %% [markdown]
-# ## Configuration
+# ## Configuration and data
+# The arrays of `02_preprocess`; if they are missing (a fresh Colab machine), 01 and 02 run first
+# with their defaults, which takes seconds.
 
 # %%
 output_dir = REPO_ROOT / OUTPUT_DIR
-arrays, preprocessing = lu.load_training_inputs(output_dir, IMG_SIZE)
-lu.check_training_settings(EPOCHS, BATCH_SIZE, IMG_SIZE, BASE_FILTERS)
-config = {"OUTPUT_DIR": str(output_dir), "IMG_SIZE": IMG_SIZE, "EPOCHS": EPOCHS, "BATCH_SIZE": BATCH_SIZE,
-          "LEARNING_RATE": LEARNING_RATE, "BASE_FILTERS": BASE_FILTERS, "SEED": SEED,
-          "data": preprocessing["data_source"] + lu.data_label(preprocessing["synthetic"]),
-          "slices": preprocessing["slices"], "device": lu.describe_device()}
-lu.config_table(config)
+models_dir = output_dir / "models"
+lu.check_img_size(IMG_SIZE)
+check_training_settings(EPOCHS, BATCH_SIZE, IMG_SIZE, BASE_FILTERS, LEARNING_RATE)
+ensure_inputs("03", OUTPUT_DIR, IMG_SIZE)
+preprocessing = json.loads((output_dir / "data" / "preprocess.json").read_text())
+with np.load(output_dir / "data" / "arrays.npz") as archive:
+    arrays = dict(archive)
+lu.config_table({"OUTPUT_DIR": output_dir, "IMG_SIZE": IMG_SIZE, "EPOCHS": EPOCHS, "BATCH_SIZE": BATCH_SIZE,
+                 "LEARNING_RATE": LEARNING_RATE, "BASE_FILTERS": BASE_FILTERS, "SEED": SEED,
+                 "data": preprocessing["data_source"] + lu.data_label(preprocessing["synthetic"]),
+                 "slices": preprocessing["slices"], "device": describe_device()})
 
 # %% [markdown]
 # ## The building block
 # Every stage of the U-Net is the same block: two 3x3 convolutions, each followed by batch
-# normalisation (which keeps activations in a stable range and lets us use a larger learning rate)
-# and a ReLU.
+# normalisation (which keeps activations in a stable range and allows a larger learning rate) and a
+# ReLU. Batch norm's moving statistics, used at validation and inference, follow the batches with
+# momentum 0.9: Keras' default 0.99 needs hundreds of steps to settle, and we have about 20 per epoch.
 
 # %%
-print(inspect.getsource(lu.conv_block))
+def conv_block(x, filters, name):
+    for index in (1, 2):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{index}")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{index}")(x)
+        x = layers.Activation("relu", name=f"{name}_relu{index}")(x)
+    return x
 
 # %% [markdown]
 # ## The network
-# Four times down: block, then 2x2 max-pooling (half the resolution, twice the filters). A bottleneck
-# block at 1/16 of the input size. Four times up: a 2x2 transpose convolution doubles the resolution,
-# the encoder's features of that scale are concatenated (the skip connection), and a block merges
-# them. A 1x1 convolution with a sigmoid gives each pixel's probability of being lung. The same
-# skeleton serves the Residual U-Net of the next notebook, with another block.
+# Four times down: a block, then 2x2 max-pooling (half the resolution; the next block has twice the
+# filters). A bottleneck block at 1/16 of the input size. Four times up: a 2x2 transpose convolution
+# doubles the resolution, the encoder's features of that scale are concatenated (the skip
+# connection), and a block merges them. A 1x1 convolution with a sigmoid gives each pixel's
+# probability of being lung. Hence `IMG_SIZE` must be a multiple of 2⁴ = 16.
 
 # %%
-print(inspect.getsource(lu.build_segmenter))
+def build_unet(img_size, base_filters, depth=4):
+    inputs = keras.Input((img_size, img_size, 1), name="ct_slice")
+    x, skips = inputs, []
+    for level in range(depth):  # encoder: features at 1, 1/2, 1/4, 1/8 of the input size
+        x = conv_block(x, base_filters * 2**level, name=f"down{level + 1}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"pool{level + 1}")(x)
+    x = conv_block(x, base_filters * 2**depth, name="bottleneck")  # 1/16: the widest view, the most filters
+    for level in reversed(range(depth)):  # decoder: upsample, join the skip of the same size, refine
+        filters = base_filters * 2**level
+        x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"up{level + 1}_transpose")(x)
+        x = layers.Concatenate(name=f"up{level + 1}_skip")([x, skips[level]])
+        x = conv_block(x, filters, name=f"up{level + 1}")
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", name="lung_probability")(x)
+    return keras.Model(inputs, outputs, name="unet")
 
 # %%
-model = lu.unet(IMG_SIZE, BASE_FILTERS)
-model.summary(line_length=100, expand_nested=False)
-print(f"parameters: {model.count_params():,}")
+keras.utils.set_random_seed(SEED)  # the same initial weights and shuffling on every run
+model = build_unet(IMG_SIZE, BASE_FILTERS)
+model.summary(line_length=100)
 
 # %% [markdown]
-# ## Train
-# The loss is binary cross-entropy plus (1 - soft Dice): cross-entropy gives smooth gradients from
-# the start, and the Dice term weighs the lung as much as the (larger) background. Dice and IoU of
-# the thresholded prediction are tracked per epoch; the model of the epoch with the best validation
-# IoU is kept. The learning rate follows a cosine decay from `LEARNING_RATE` to 1% of it. The
-# shared helper does the same for both models, so the comparison in `05_evaluate` is fair.
+# ## Loss and metrics
+# The loss is binary cross-entropy plus (1 - soft Dice). Cross-entropy gives smooth gradients from
+# the start; the Dice term weighs the lung as much as the larger background. The soft Dice uses
+# the probabilities themselves, so it has a gradient. The metrics, Dice and IoU, threshold the
+# prediction at 0.5 first, as a mask would be. All three are per image (Keras averages them over
+# the batch), written with `keras.ops`, and registered, so that a saved model loads with
+# `keras.saving.load_model` once `lungseg_utils` is imported.
+
+# %%
+#@save
+_AXES = (1, 2, 3)  # height, width, channel: everything but the batch
+
+
+@keras.saving.register_keras_serializable(package="lungseg")
+def dice_coef(y_true, y_pred, threshold=0.5, eps=1e-6):
+    """Per-image Dice 2|T∩P| / (|T| + |P|) of the prediction thresholded at 0.5 (both empty: 1)."""
+    truth = ops.cast(ops.cast(y_true, "float32") > 0.5, "float32")
+    prediction = ops.cast(ops.cast(y_pred, "float32") >= threshold, "float32")
+    intersection = ops.sum(truth * prediction, axis=_AXES)
+    return (2.0 * intersection + eps) / (ops.sum(truth, axis=_AXES) + ops.sum(prediction, axis=_AXES) + eps)
+
+
+@keras.saving.register_keras_serializable(package="lungseg")
+def iou_coef(y_true, y_pred, threshold=0.5, eps=1e-6):
+    """Per-image IoU |T∩P| / |T∪P| of the prediction thresholded at 0.5 (both empty: 1)."""
+    truth = ops.cast(ops.cast(y_true, "float32") > 0.5, "float32")
+    prediction = ops.cast(ops.cast(y_pred, "float32") >= threshold, "float32")
+    intersection = ops.sum(truth * prediction, axis=_AXES)
+    union = ops.sum(truth, axis=_AXES) + ops.sum(prediction, axis=_AXES) - intersection
+    return (intersection + eps) / (union + eps)
+
+
+@keras.saving.register_keras_serializable(package="lungseg")
+def bce_dice_loss(y_true, y_pred, smooth=1.0):
+    """Per-image mean binary cross-entropy + (1 - soft Dice), soft Dice = (2Σtp + 1) / (Σt + Σp + 1)."""
+    truth = ops.cast(y_true, "float32")
+    probability = ops.clip(ops.cast(y_pred, "float32"), 1e-7, 1.0 - 1e-7)
+    bce = -ops.mean(truth * ops.log(probability) + (1.0 - truth) * ops.log(1.0 - probability), axis=_AXES)
+    soft_dice = (2.0 * ops.sum(truth * probability, axis=_AXES) + smooth) / (
+        ops.sum(truth, axis=_AXES) + ops.sum(probability, axis=_AXES) + smooth)
+    return bce + (1.0 - soft_dice)
+
+# %%
+truth = np.zeros((1, 8, 8, 1), np.float32)
+truth[0, 2:6, 2:6] = 1
+for label, guess in [("perfect", truth), ("half the lung", truth * (np.arange(8) < 4)[None, None, :, None]),
+                     ("unsure everywhere (0.5)", np.full_like(truth, 0.5))]:
+    print(f"{label:24s} Dice {float(dice_coef(truth, guess)[0]):.3f}  IoU {float(iou_coef(truth, guess)[0]):.3f}  "
+          f"loss {float(bce_dice_loss(truth, guess)[0]):.3f}")
+
+# %% [markdown]
+# ## The input pipeline
+# `tf.data` feeds the training slices in a new random order every epoch, augmented when 02 says so
+# (off by default), in batches, prepared while the previous batch trains (`prefetch`). Validation
+# slices are neither shuffled nor augmented.
+
+# %%
+#@save
+def make_dataset(images, masks, batch_size: int, training: bool = False, seed: int = 0, augmenter=None):
+    dataset = tf.data.Dataset.from_tensor_slices((images, masks))
+    if training:
+        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    if training and augmenter is not None:
+        dataset = dataset.map(lambda x, y: augment_pair(x, y, augmenter))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+# %%
+augmenter = lu.make_augmenter(**preprocessing["augmentation"], seed=SEED)  # None: augmentation off
+train_data = make_dataset(arrays["x_train"], arrays["y_train"], BATCH_SIZE, training=True, seed=SEED,
+                          augmenter=augmenter)
+val_data = make_dataset(arrays["x_val"], arrays["y_val"], BATCH_SIZE)
+print(f"{len(train_data)} training batches and {len(val_data)} validation batches of up to {BATCH_SIZE} slices")
+
+# %% [markdown]
+# ## Compile
+# Adam, with a learning rate that follows a cosine from `LEARNING_RATE` down to 1% of it over the
+# whole run: large steps early, fine ones at the end.
 #
 # Why 3e-3 and not the usual 1e-3: Adam moves each weight by at most about the learning rate per
 # step, and 25 epochs of 151 slices are only about 475 steps. With 1e-3 the output layer could not
 # move far enough: the predicted probability stayed near 0.06 on background pixels, the loss
-# levelled off at 0.20 although the thresholded Dice was 0.98, and most of that loss came from the
-# haze of background probability, not from the lung border. With 3e-3 the background falls below
+# levelled off at 0.20 although the thresholded Dice was 0.98. With 3e-3 the background falls below
 # 0.01, the loss reaches 0.05, and Dice rose on the validation and test slices for both models
 # (README, Results).
 
 # %%
-result = lu.train_model(lambda: lu.unet(IMG_SIZE, BASE_FILTERS), arrays, preprocessing, name="unet",
-                        output_dir=output_dir, epochs=EPOCHS, batch_size=BATCH_SIZE,
-                        learning_rate=LEARNING_RATE, seed=SEED, extra={"base_filters": BASE_FILTERS})
+steps = math.ceil(len(arrays["x_train"]) / BATCH_SIZE) * EPOCHS
+schedule = keras.optimizers.schedules.CosineDecay(LEARNING_RATE, decay_steps=steps, alpha=0.01)
+model.compile(optimizer=keras.optimizers.Adam(schedule), loss=bce_dice_loss, metrics=[dice_coef, iou_coef])
+
+# %% [markdown]
+# ## Fit, keeping the best epoch
+# Keras callbacks do the bookkeeping:
+# - `ModelCheckpoint` saves the model whenever the validation IoU improves. It writes to
+#   `unet.in-progress.keras`, which becomes `unet.keras` only when training has ended, so an
+#   interrupted run never replaces an earlier complete model.
+# - `CSVLogger` writes the history, one row per epoch; `TerminateOnNaN` stops a run whose loss
+#   has become NaN (bad data, too large a learning rate).
+# - `EpochTimer` (below) adds each epoch's seconds to that history.
+
+# %%
+#@save
+class EpochTimer(keras.callbacks.Callback):
+    """Adds each epoch's duration to the logs as 'seconds' (CSVLogger then writes it)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["seconds"] = time.perf_counter() - self.started
+
+
+def finish_training(model, name: str, models_dir, settings: dict) -> dict:
+    """After ``fit``: move ``<name>.in-progress.keras`` and its history to ``<name>.keras`` and
+    ``<name>_history.csv``, write ``<name>.json`` (settings, best epoch, timings, device, versions),
+    and return that record. A run whose loss became NaN keeps the previous model and says so."""
+    models_dir = Path(models_dir)
+    best_model, history_csv = models_dir / f"{name}.in-progress.keras", models_dir / f"{name}.in-progress_history.csv"
+    history = pd.read_csv(history_csv)
+    if not np.isfinite(history.loss).all() or not best_model.is_file():
+        for leftover in (best_model, history_csv):
+            leftover.unlink(missing_ok=True)
+        raise LungsegError(f"Training {name} stopped at epoch {len(history)}: the loss became NaN. Nothing was "
+                           f"saved; an earlier {name}.keras is kept. Lower LEARNING_RATE, or look for NaN in the data.")
+    best = int(history.val_iou_coef.idxmax())
+    record = {"model": name, **settings, "parameters": int(model.count_params()), "best_epoch": best + 1,
+              "best_val_iou": float(history.val_iou_coef[best]), "best_val_dice": float(history.val_dice_coef[best]),
+              "seconds_per_epoch": float(history.seconds[1:].mean() if len(history) > 1 else history.seconds[0]),
+              "first_epoch_seconds": float(history.seconds[0]), "training_seconds": float(history.seconds.sum()),
+              "device": describe_device(), "versions": library_versions(), "model_file": str(models_dir / f"{name}.keras")}
+    best_model.replace(models_dir / f"{name}.keras")
+    history_csv.replace(models_dir / f"{name}_history.csv")
+    write_json(models_dir / f"{name}.json", record)
+    return record
+
+# %%
+models_dir.mkdir(parents=True, exist_ok=True)
+callbacks = [
+    EpochTimer(),
+    keras.callbacks.ModelCheckpoint(models_dir / "unet.in-progress.keras", monitor="val_iou_coef", mode="max",
+                                    save_best_only=True),
+    keras.callbacks.CSVLogger(models_dir / "unet.in-progress_history.csv"),
+    keras.callbacks.TerminateOnNaN(),
+]
+model.fit(train_data, validation_data=val_data, epochs=EPOCHS, callbacks=callbacks, verbose=2,
+          shuffle=False)  # tf.data shuffles already
+
+# %%
+settings = {**preprocessing, "epochs": EPOCHS, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
+            "learning_rate_schedule": "cosine decay to 1%", "base_filters": BASE_FILTERS, "seed": SEED,
+            "training_slices": list(arrays["names_train"]), "validation_slices": list(arrays["names_val"])}
+record = finish_training(model, "unet", models_dir, settings)
+model = keras.saving.load_model(models_dir / "unet.keras")  # the best epoch, not the last
+print(f"best epoch {record['best_epoch']} of {EPOCHS}: validation IoU {record['best_val_iou']:.4f}, "
+      f"Dice {record['best_val_dice']:.4f}; {record['seconds_per_epoch']:.1f} s per epoch on {record['device']}")
 
 # %% [markdown]
 # ## Training curves
-# Training (dashed) and validation (solid). Validation scores are those of the un-augmented slices.
+# Loss, Dice and IoU per epoch: training (dashed) and validation (solid).
 
 # %%
-lu.plot_history({"U-Net": result.history}, path=output_dir / "figures" / "03_unet_curves.png",
-                synthetic=preprocessing["synthetic"]);
+#@save
+def plot_history(histories: dict, path=None, synthetic: bool = False):
+    """Loss, Dice and IoU per epoch, training (dashed) and validation (solid), for one or more models."""
+    figure, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for (name, history), colour in zip(histories.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        for axis, metric in zip(axes, ("loss", "dice_coef", "iou_coef")):
+            axis.plot(history["epoch"] + 1, history[metric], "--", color=colour, alpha=0.6, label=f"{name} train")
+            axis.plot(history["epoch"] + 1, history[f"val_{metric}"], "-", color=colour, label=f"{name} validation")
+            axis.set_title(metric), axis.set_xlabel("epoch"), axis.grid(alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[2].legend(fontsize=8)
+    figure.suptitle("Training curves" + data_label(synthetic))
+    figure.tight_layout()
+    return save_figure(figure, path, synthetic)
 
 # %%
-print(lu.training_summary(result.record))
+plot_history({"U-Net": pd.read_csv(models_dir / "unet_history.csv")}, path=output_dir / "figures" / "03_unet_curves.png",
+             synthetic=preprocessing["synthetic"]);
+
+# %% [markdown]
+# ## A first look at its predictions
+# Three validation slices at model resolution: the input, the true mask, and the predicted mask
+# (probability ≥ 0.5). `05_evaluate` scores both models properly, at the slices' native resolution.
+
+# %%
+shown = [0, len(arrays["x_val"]) // 2, len(arrays["x_val"]) - 1]
+predicted = model.predict(arrays["x_val"][shown], verbose=0)[..., 0] >= 0.5
+lu.show_pairs([[arrays["x_val"][i, ..., 0], arrays["y_val"][i, ..., 0], p] for i, p in zip(shown, predicted)],
+              ["input", "true mask", "predicted mask"], [str(arrays["names_val"][i]) for i in shown],
+              title="U-Net on validation slices", synthetic=preprocessing["synthetic"]);

@@ -21,104 +21,158 @@
 # The Residual U-Net (Zhang, Liu and Wang, 2018) keeps the U-Net's skeleton - 4 stages down, a
 # bottleneck, 4 stages up with transpose convolutions and concatenated skips - but replaces each
 # plain block by a *residual* block, whose output is its input plus a learned correction. Such
-# blocks pass gradients more easily and often train faster. Everything else (data, loss, metrics,
-# training helper, epochs) is the same as in `03_unet`, so `05_evaluate` compares like with like.
-
-# %% [markdown]
-# ## Setup
-# In Colab this fetches the repository and installs what Colab lacks; elsewhere it only finds the
-# repository so that `lungseg_utils` can be imported.
+# blocks pass gradients more easily and often train faster. The whole network is below; the data,
+# loss, metrics, pipeline and training are those of `03_unet` (imported from `lungseg_utils`), so
+# that `05_evaluate` compares the blocks and nothing else.
 
 # %%
+# Colab: fetch the repository and the packages Colab lacks. Elsewhere this only finds the repository.
 import os, subprocess, sys  # noqa: E401
 from pathlib import Path
-
+REPOSITORY = "https://github.com/lungseg/lungseg"
 if "google.colab" in sys.modules:
-    if not Path("/content/lungseg").exists():
-        subprocess.run(["git", "clone", "-q", "https://github.com/lungseg/lungseg", "/content/lungseg"], check=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "tifffile", "pydicom"], check=True)
+    if not Path("/content/lungseg").is_dir():
+        subprocess.run(f"git clone -q {REPOSITORY} /content/lungseg && pip install -q pydicom papermill jupytext",
+                       shell=True, check=True)
     os.chdir("/content/lungseg/notebooks")
 REPO_ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lungseg_utils.py").is_file())
-sys.path.insert(0, str(REPO_ROOT))
-
-# %% [markdown]
-# ## Imports
+sys.path.insert(0, str(REPO_ROOT))  # for lungseg_utils.py and lungseg/
 
 # %%
-import inspect
+import lungseg_utils as lu  # first: it also quiets TensorFlow's start-up messages
 
-import lungseg_utils as lu
+import json
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+from keras import layers
+
+from lungseg.checks import check_training_settings  # refuses settings that cannot work, before minutes of training
+from lungseg.runner import ensure_inputs  # runs 01 and 02 first if their outputs are missing
 
 # %% [markdown]
 # ## Parameters
-# The defaults train in minutes on 2 CPU cores (the README's Results give measured times).
-# `IMG_SIZE` must match the arrays written by `02_preprocess`.
+# The same as `03_unet`'s, so that both models train alike.
 
-# %% tags=["parameters"]
+# %%
 OUTPUT_DIR = "outputs"
 IMG_SIZE = 256
 EPOCHS = 25
 BATCH_SIZE = 8
-LEARNING_RATE = 3e-3  # not the usual 1e-3: see "Train" below
+LEARNING_RATE = 3e-3  # 03_unet explains why not 1e-3
 BASE_FILTERS = 8
 SEED = 0
 
 # %% [markdown]
-# ## Configuration
+# ## Configuration and data
 
 # %%
 output_dir = REPO_ROOT / OUTPUT_DIR
-arrays, preprocessing = lu.load_training_inputs(output_dir, IMG_SIZE)
-lu.check_training_settings(EPOCHS, BATCH_SIZE, IMG_SIZE, BASE_FILTERS)
-config = {"OUTPUT_DIR": str(output_dir), "IMG_SIZE": IMG_SIZE, "EPOCHS": EPOCHS, "BATCH_SIZE": BATCH_SIZE,
-          "LEARNING_RATE": LEARNING_RATE, "BASE_FILTERS": BASE_FILTERS, "SEED": SEED,
-          "data": preprocessing["data_source"] + lu.data_label(preprocessing["synthetic"]),
-          "slices": preprocessing["slices"], "device": lu.describe_device()}
-lu.config_table(config)
+models_dir = output_dir / "models"
+lu.check_img_size(IMG_SIZE)
+check_training_settings(EPOCHS, BATCH_SIZE, IMG_SIZE, BASE_FILTERS, LEARNING_RATE)
+ensure_inputs("04", OUTPUT_DIR, IMG_SIZE)
+preprocessing = json.loads((output_dir / "data" / "preprocess.json").read_text())
+with np.load(output_dir / "data" / "arrays.npz") as archive:
+    arrays = dict(archive)
+lu.config_table({"OUTPUT_DIR": output_dir, "IMG_SIZE": IMG_SIZE, "EPOCHS": EPOCHS, "BATCH_SIZE": BATCH_SIZE,
+                 "LEARNING_RATE": LEARNING_RATE, "BASE_FILTERS": BASE_FILTERS, "SEED": SEED,
+                 "data": preprocessing["data_source"] + lu.data_label(preprocessing["synthetic"]),
+                 "slices": preprocessing["slices"], "device": lu.describe_device()})
 
 # %% [markdown]
 # ## The residual block
 # Two 3x3 convolutions with batch normalisation (ReLU between them) compute a correction that is
-# added to the block's input (the *shortcut*). Where the number of channels changes, the shortcut
-# is projected by a 1x1 convolution so that the two can be added; a ReLU follows the sum.
+# added to the block's input, the *shortcut*. Where the number of channels changes, the shortcut
+# is projected by a 1x1 convolution (with batch norm) so that the two can be added; a ReLU follows
+# the sum. If the best correction is none, the block can learn to pass its input through.
 
 # %%
-print(inspect.getsource(lu.residual_block))
+def residual_block(x, filters, name):
+    shortcut = x
+    if x.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_proj")(x)
+        shortcut = layers.BatchNormalization(momentum=0.9, name=f"{name}_proj_bn")(shortcut)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+    y = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn1")(y)
+    y = layers.Activation("relu", name=f"{name}_relu1")(y)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+    y = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn2")(y)
+    y = layers.Add(name=f"{name}_add")([shortcut, y])
+    return layers.Activation("relu", name=f"{name}_out")(y)
 
 # %% [markdown]
 # ## The network
-# The skeleton of `03_unet` (`lu.build_segmenter`), with the residual block at each of the 4
-# downsampling stages, the bottleneck and the 4 upsampling stages; upsampling by 2x2 transpose
-# convolutions, skip connections concatenated.
+# The skeleton of `03_unet`, stage for stage: 4 residual blocks down, each followed by 2x2
+# max-pooling; a residual bottleneck at 1/16 of the input size; 4 stages up, each a 2x2 transpose
+# convolution, the concatenated skip of the same size, and a residual block; a 1x1 sigmoid output.
+# (A test checks that the two saved models share this skeleton and differ only in the block.)
 
 # %%
-print(inspect.getsource(lu.resunet))
+def build_resunet(img_size, base_filters, depth=4):
+    inputs = keras.Input((img_size, img_size, 1), name="ct_slice")
+    x, skips = inputs, []
+    for level in range(depth):  # encoder
+        x = residual_block(x, base_filters * 2**level, name=f"down{level + 1}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"pool{level + 1}")(x)
+    x = residual_block(x, base_filters * 2**depth, name="bottleneck")
+    for level in reversed(range(depth)):  # decoder
+        filters = base_filters * 2**level
+        x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"up{level + 1}_transpose")(x)
+        x = layers.Concatenate(name=f"up{level + 1}_skip")([x, skips[level]])
+        x = residual_block(x, filters, name=f"up{level + 1}")
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", name="lung_probability")(x)
+    return keras.Model(inputs, outputs, name="resunet")
 
 # %%
-model = lu.resunet(IMG_SIZE, BASE_FILTERS)
-model.summary(line_length=100, expand_nested=False)
-print(f"parameters: {model.count_params():,}")
+keras.utils.set_random_seed(SEED)
+model = build_resunet(IMG_SIZE, BASE_FILTERS)
+model.summary(line_length=100)
 
 # %% [markdown]
-# ## Train
-# The loss is binary cross-entropy plus (1 - soft Dice): cross-entropy gives smooth gradients from
-# the start, and the Dice term weighs the lung as much as the (larger) background. Dice and IoU of
-# the thresholded prediction are tracked per epoch; the model of the epoch with the best validation
-# IoU is kept. The learning rate follows a cosine decay from `LEARNING_RATE` to 1% of it, exactly
-# as for the U-Net: it is the same helper (`03_unet` explains why 3e-3 rather than 1e-3).
+# ## Train exactly as the U-Net
+# The input pipeline, the BCE + Dice loss, the Dice/IoU metrics, Adam with the cosine schedule, and
+# the callbacks (best epoch by validation IoU into `resunet.in-progress.keras`, history, NaN guard,
+# epoch timer) are those of `03_unet`, taken from `lungseg_utils`.
 
 # %%
-result = lu.train_model(lambda: lu.resunet(IMG_SIZE, BASE_FILTERS), arrays, preprocessing, name="resunet",
-                        output_dir=output_dir, epochs=EPOCHS, batch_size=BATCH_SIZE,
-                        learning_rate=LEARNING_RATE, seed=SEED, extra={"base_filters": BASE_FILTERS})
+augmenter = lu.make_augmenter(**preprocessing["augmentation"], seed=SEED)  # None: augmentation off
+train_data = lu.make_dataset(arrays["x_train"], arrays["y_train"], BATCH_SIZE, training=True, seed=SEED,
+                             augmenter=augmenter)
+val_data = lu.make_dataset(arrays["x_val"], arrays["y_val"], BATCH_SIZE)
+steps = math.ceil(len(arrays["x_train"]) / BATCH_SIZE) * EPOCHS
+schedule = keras.optimizers.schedules.CosineDecay(LEARNING_RATE, decay_steps=steps, alpha=0.01)
+model.compile(optimizer=keras.optimizers.Adam(schedule), loss=lu.bce_dice_loss, metrics=[lu.dice_coef, lu.iou_coef])
+
+# %%
+models_dir.mkdir(parents=True, exist_ok=True)
+callbacks = [
+    lu.EpochTimer(),
+    keras.callbacks.ModelCheckpoint(models_dir / "resunet.in-progress.keras", monitor="val_iou_coef", mode="max",
+                                    save_best_only=True),
+    keras.callbacks.CSVLogger(models_dir / "resunet.in-progress_history.csv"),
+    keras.callbacks.TerminateOnNaN(),
+]
+model.fit(train_data, validation_data=val_data, epochs=EPOCHS, callbacks=callbacks, verbose=2,
+          shuffle=False)  # tf.data shuffles already
+
+# %%
+settings = {**preprocessing, "epochs": EPOCHS, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
+            "learning_rate_schedule": "cosine decay to 1%", "base_filters": BASE_FILTERS, "seed": SEED,
+            "training_slices": list(arrays["names_train"]), "validation_slices": list(arrays["names_val"])}
+record = lu.finish_training(model, "resunet", models_dir, settings)
+model = keras.saving.load_model(models_dir / "resunet.keras")  # the best epoch, not the last
+print(f"best epoch {record['best_epoch']} of {EPOCHS}: validation IoU {record['best_val_iou']:.4f}, "
+      f"Dice {record['best_val_dice']:.4f}; {record['seconds_per_epoch']:.1f} s per epoch on {record['device']}")
 
 # %% [markdown]
 # ## Training curves
-# Training (dashed) and validation (solid). Validation scores are those of the un-augmented slices.
+# Training (dashed) and validation (solid).
 
 # %%
-lu.plot_history({"Residual U-Net": result.history}, path=output_dir / "figures" / "04_resunet_curves.png",
-                synthetic=preprocessing["synthetic"]);
-
-# %%
-print(lu.training_summary(result.record))
+lu.plot_history({"Residual U-Net": pd.read_csv(models_dir / "resunet_history.csv")},
+                path=output_dir / "figures" / "04_resunet_curves.png", synthetic=preprocessing["synthetic"]);

@@ -20,48 +20,55 @@
 #
 # Both models are scored on the held-out **test** slices of the split manifest, which neither
 # training nor model selection has seen. Masks are scored at the slices' **original 512x512
-# resolution**: the predicted probabilities are resized back before thresholding, and compared with
+# resolution**: the predicted probabilities are resized back before thresholding and compared with
 # the original masks, because that is the resolution a radiologist or a lung measurement works at.
 # Then: a paired comparison of the two models, the worst slices, lung measurements as in
-# `lung_stats.csv`, and predictions on your own scans.
-
-# %% [markdown]
-# ## Setup
-# In Colab this fetches the repository and installs what Colab lacks; elsewhere it only finds the
-# repository so that `lungseg_utils` can be imported.
+# `lung_stats.csv`, and predictions on your own scans. Cells marked `#@save` are also in
+# `lungseg_utils.py`, for your own code.
 
 # %%
+# Colab: fetch the repository and the packages Colab lacks. Elsewhere this only finds the repository.
 import os, subprocess, sys  # noqa: E401
 from pathlib import Path
-
+REPOSITORY = "https://github.com/lungseg/lungseg"
 if "google.colab" in sys.modules:
-    if not Path("/content/lungseg").exists():
-        subprocess.run(["git", "clone", "-q", "https://github.com/lungseg/lungseg", "/content/lungseg"], check=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "tifffile", "pydicom"], check=True)
+    if not Path("/content/lungseg").is_dir():
+        subprocess.run(f"git clone -q {REPOSITORY} /content/lungseg && pip install -q pydicom papermill jupytext",
+                       shell=True, check=True)
     os.chdir("/content/lungseg/notebooks")
 REPO_ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lungseg_utils.py").is_file())
-sys.path.insert(0, str(REPO_ROOT))
-
-# %% [markdown]
-# ## Imports
+sys.path.insert(0, str(REPO_ROOT))  # for lungseg_utils.py and lungseg/
 
 # %%
-import numbers
+import lungseg_utils as lu  # first: it also quiets TensorFlow's start-up messages
+from lungseg_utils import (IMAGE_SUFFIXES, LungsegError, check_hu, preprocess_slice, read_slice,  # used by this
+                           resize_image, window_hu)  # notebook's #@save cells; saved in 01 and 02
 
+import json
+import numbers
+import time
+from pathlib import Path
+
+import keras
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from scipy import ndimage, stats
 
-import lungseg_utils as lu
+from lungseg.data import pixel_area_mm2  # the pixel area that lung_stats.csv implies
+from lungseg.runner import ensure_inputs  # runs 01 and 02 first if their outputs are missing
 
 # %% [markdown]
 # ## Parameters
+# `MODELS_DIR`: empty means `OUTPUT_DIR/models` when both models are there (you trained them in
+# 03/04), else the trained models committed in the repository's `models/` folder.
 # `PREDICT_DIR`: a folder of your own slices (TIFF in HU, 16-bit PNG holding HU+1024, or DICOM);
-# empty means a demonstration on three test slices. `PREDICT_MODEL`: `"unet"`, `"resunet"`, or empty
-# for the one with the better test Dice.
+# empty means a demonstration on three test slices. `PREDICT_MODEL`: `"unet"`, `"resunet"`, or
+# empty for the one with the better test Dice.
 
-# %% tags=["parameters"]
+# %%
 OUTPUT_DIR = "outputs"
+MODELS_DIR = ""
 MODELS = ["unet", "resunet"]
 THRESHOLD = 0.5
 PREDICT_DIR = ""
@@ -69,100 +76,244 @@ PREDICT_MODEL = ""
 SEED = 0
 
 # %% [markdown]
-# ## Configuration
+# ## The models
+# A model is its `.keras` file and, beside it, the JSON record of how it was trained: its
+# preprocessing (image size, HU window), which slices it trained and validated on, its best epoch.
+
+# %%
+#@save
+def load_trained_model(path):
+    """Load ``<name>.keras`` and the record it was trained with (``<name>.json`` beside it)."""
+    path = Path(path)
+    for needed in (path, path.with_suffix(".json")):
+        if not needed.is_file():
+            raise LungsegError(f"{needed} is missing: train the model first (notebooks 03_unet / 04_resunet), "
+                               "or use the committed models in the repository's models/ folder.")
+    return keras.saving.load_model(path), json.loads(path.with_suffix(".json").read_text())
 
 # %%
 output_dir = REPO_ROOT / OUTPUT_DIR
-evaluation_dir = output_dir / "evaluation"
-figures_dir = output_dir / "figures"
+evaluation_dir, figures_dir = output_dir / "evaluation", output_dir / "figures"
+if PREDICT_MODEL and PREDICT_MODEL not in MODELS:
+    raise LungsegError(f"PREDICT_MODEL={PREDICT_MODEL!r} is not one of MODELS={MODELS}; use one of them or ''.")
+if MODELS_DIR:
+    models_dir = REPO_ROOT / MODELS_DIR
+elif all((output_dir / "models" / f"{name}.keras").is_file() for name in MODELS):
+    models_dir = output_dir / "models"
+else:
+    models_dir = REPO_ROOT / "models"
+    print(f"No trained models in {output_dir / 'models'}: using the committed ones in {models_dir}.")
 models, records = {}, {}
 for name in MODELS:
-    models[name], records[name] = lu.load_trained_model(output_dir / "models" / f"{name}.keras")
-synthetic = any(record["synthetic"] for record in records.values())
-pixel_area = lu.pixel_area_mm2(Path(records[MODELS[0]]["data_root"]) / "lung_stats.csv")
+    models[name], records[name] = load_trained_model(models_dir / f"{name}.keras")
+ensure_inputs("05", OUTPUT_DIR)
+dataset = json.loads((output_dir / "data" / "dataset.json").read_text())
+synthetic = dataset["synthetic"] or any(record["synthetic"] for record in records.values())
+pixel_area = pixel_area_mm2(Path(dataset["root"]) / "lung_stats.csv")
 spacing_mm = float(np.sqrt(pixel_area))
-config = {"OUTPUT_DIR": str(output_dir), "MODELS": MODELS, "THRESHOLD": THRESHOLD, "PREDICT_DIR": PREDICT_DIR,
-          "data": records[MODELS[0]]["data_source"] + lu.data_label(synthetic),
-          "pixel spacing (mm)": round(spacing_mm, 4), "device": lu.describe_device()}
-lu.config_table(config)
+lu.config_table({"models": models_dir, "MODELS": MODELS, "THRESHOLD": THRESHOLD, "PREDICT_DIR": PREDICT_DIR,
+                 "data": dataset["source"] + lu.data_label(synthetic), "pixel spacing (mm)": round(spacing_mm, 4),
+                 "device": lu.describe_device()})
 
 # %% [markdown]
 # ## The test slices at native resolution
-# Read straight from the original files, in HU, with their original masks.
+# Read straight from the original files, in HU, with their original masks. A slice that one of the
+# models trained or validated on is no test of it; if the split has changed since the models were
+# trained (another `SPLIT_SEED`, more data), such slices are left out, and said so.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-names, images, masks = lu.load_split_originals(output_dir, "test")
+test = pd.read_csv(output_dir / "data" / "pairs.csv").merge(pd.read_csv(output_dir / "data" / "split_manifest.csv"),
+                                                            on="name").query("split == 'test'")
+seen = set().union(*(set(r.get("training_slices", [])) | set(r.get("validation_slices", [])) for r in records.values()))
+if test.name.isin(seen).any():
+    print(f"{int(test.name.isin(seen).sum())} of {len(test)} test slices were used to train or validate these "
+          "models: left out. Re-run 02 with the models' SPLIT_SEED, or retrain them (03, 04), to test on all.")
+    test = test[~test.name.isin(seen)]
+if test.empty:
+    raise LungsegError("No test slice is left that the models have not trained or validated on: retrain them "
+                       "(03, 04) on this split, or re-run 02 with the split they were trained on.")
+names = list(test.name)
+images, masks = [read_slice(p) for p in test.image_path], [lu.read_mask(p) for p in test.mask_path]
 print(f"test slices: {len(names)}, shapes: {sorted({m.shape for m in masks})}")
 
 # %% [markdown]
-# ## Score each model
-# Per slice: Dice, IoU, precision, recall and HD95 (the 95th percentile of the distances between
-# the predicted and true lung boundaries, in mm). With and without post-processing (`lu.clean_mask`):
-# drop islands smaller than 1% of the largest region and fill small holes (vessels), while larger
-# holes stay, since the reference masks leave out e.g. cysts. Inference is timed end to end
-# (windowing, resizing, network, resizing back, thresholding).
+# ## From a slice in HU to a mask
+# Exactly the preprocessing the model was trained with (read from its record): window, resize to
+# the model's size, predict; then the probabilities are resized back to the slice's own size
+# *before* thresholding, so the mask boundary is as smooth as the original image allows. Slices of
+# any size; an image that cannot be HU is refused.
 
 # %%
-arrays = lu.load_arrays(output_dir / "data" / "arrays.npz")
-per_slice, predictions, speed = [], {}, {}
+#@save
+def predict_probabilities(model, slices_hu, settings: dict, batch_size: int = 8) -> list:
+    """Lung probability maps at each slice's own size. ``slices_hu``: one 2-D array in HU, or a
+    list / 3-D array of them; ``settings``: the model's record (img_size, hu_min, hu_max)."""
+    slices = [slices_hu] if np.ndim(slices_hu) == 2 else list(slices_hu)
+    if not slices:
+        raise LungsegError("No slices given to predict on.")
+    for index, image in enumerate(slices):
+        check_hu(np.asarray(image), f"slice {index}")
+    batch = np.stack([preprocess_slice(np.asarray(s), settings["img_size"], settings["hu_min"], settings["hu_max"])
+                      for s in slices])[..., None]
+    probabilities = model.predict(batch, batch_size=batch_size, verbose=0)[..., 0]
+    return [resize_image(p, np.shape(s)) for p, s in zip(probabilities, slices)]
+
+
+def predict_masks(model, slices_hu, settings: dict, threshold: float = 0.5, postprocess: bool = False,
+                  batch_size: int = 8):
+    """Binary lung masks (uint8 0/1) at the input size: one 2-D slice in, one mask out; a list or
+    3-D array in, a list out. ``postprocess``: :func:`clean_mask`."""
+    masks = [(p >= threshold).astype(np.uint8) for p in predict_probabilities(model, slices_hu, settings, batch_size)]
+    if postprocess:
+        masks = [clean_mask(m) for m in masks]
+    return masks[0] if np.ndim(slices_hu) == 2 else masks
+
+# %% [markdown]
+# ## Scores
+# Per slice: Dice, IoU, precision, recall and HD95, the 95th percentile of the distances between
+# the predicted and true lung boundaries in mm (a boundary off by a few pixels barely moves Dice
+# but shows here). Pooled Dice counts all pixels of all slices together. Post-processing
+# (`clean_mask`) drops islands smaller than 1% of the largest region and fills small holes
+# (vessels), while larger holes stay: the reference masks leave out e.g. cysts, and filling *every*
+# hole, tried first, lowered the worst slice's Dice from 0.95 to 0.93.
+
+# %%
+#@save
+def overlap_scores(truth: np.ndarray, prediction: np.ndarray) -> dict:
+    """Dice, IoU, precision and recall of two binary masks (both empty: all 1)."""
+    truth, prediction = truth.astype(bool), prediction.astype(bool)
+    tp, fp, fn = np.count_nonzero(truth & prediction), np.count_nonzero(~truth & prediction), np.count_nonzero(truth & ~prediction)
+    if tp + fp + fn == 0:
+        return {"dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0}
+    return {"dice": 2 * tp / (2 * tp + fp + fn), "iou": tp / (tp + fp + fn),
+            "precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn) if tp + fn else 0.0}
+
+
+def hd95(truth: np.ndarray, prediction: np.ndarray, spacing_mm: float = 1.0) -> float:
+    """95th percentile of the distances from each mask's boundary pixels to the other's boundary, in
+    mm (both empty: 0; one empty: inf)."""
+    truth, prediction = truth.astype(bool), prediction.astype(bool)
+    if not truth.any() or not prediction.any():
+        return 0.0 if truth.any() == prediction.any() else float("inf")
+    edges = [mask & ~ndimage.binary_erosion(mask, structure=np.ones((3, 3)), border_value=0) for mask in (truth, prediction)]
+    to_truth, to_prediction = (ndimage.distance_transform_edt(~edge, sampling=spacing_mm) for edge in edges)
+    return float(np.percentile(np.concatenate([to_truth[edges[1]], to_prediction[edges[0]]]), 95))
+
+
+def score_slice(truth, prediction, spacing_mm: float) -> dict:
+    return {**overlap_scores(truth, prediction), "hd95_mm": hd95(truth, prediction, spacing_mm)}
+
+
+def pooled_dice(truths, predictions) -> float:
+    """Dice over all pixels of all slices together (large lungs weigh more than small ones)."""
+    tp = sum(np.count_nonzero(t.astype(bool) & p.astype(bool)) for t, p in zip(truths, predictions))
+    total = sum(np.count_nonzero(t) + np.count_nonzero(p) for t, p in zip(truths, predictions))
+    return 2 * tp / total if total else 1.0
+
+
+def clean_mask(mask, min_component_fraction: float = 0.01, max_hole_fraction: float = 0.001) -> np.ndarray:
+    """Drop islands smaller than ``min_component_fraction`` of the largest region; fill holes no
+    larger than ``max_hole_fraction`` of the slice (at 512x512: up to 262 pixels, vessels)."""
+    mask = np.asarray(mask).astype(bool)
+    labels, found = ndimage.label(mask)
+    if found > 1:
+        sizes = np.bincount(labels.ravel())[1:]
+        mask = np.isin(labels, 1 + np.flatnonzero(sizes >= min_component_fraction * sizes.max()))
+    holes, found = ndimage.label(ndimage.binary_fill_holes(mask) & ~mask)
+    if found:
+        sizes = np.bincount(holes.ravel())[1:]
+        mask = mask | np.isin(holes, 1 + np.flatnonzero(sizes <= max_hole_fraction * mask.size))
+    return mask.astype(np.uint8)
+
+# %% [markdown]
+# Each model at native resolution, without and with post-processing, its inference timed end to
+# end (windowing, resizing, network, resizing back, thresholding); and, for reference, at the
+# model's own resolution, which is what the training curves show.
+
+# %%
+rows, predictions, speed = [], {}, {}
 for name, model in models.items():
-    table, predictions[name] = lu.score_native(model, records[name], names, images, masks, spacing_mm, THRESHOLD)
-    per_slice.append(table.assign(model=name, resolution="native"))
-    speed[name] = len(names) / table.attrs["inference_seconds"]
-    # The same scores at the model's own resolution (what the training curves show), for reference.
-    low_res = model.predict(arrays["x_test"], verbose=0)[..., 0] >= THRESHOLD
-    scale = records[name]["img_size"]
-    rows = [{"name": n, "postprocessed": False, **lu.score_slice(t[..., 0], p, spacing_mm * 512 / scale)}
-            for n, t, p in zip(arrays["names_test"], arrays["y_test"], low_res)]
-    per_slice.append(pd.DataFrame(rows).assign(model=name, resolution=f"model ({scale} px)"))
-per_slice = pd.concat(per_slice, ignore_index=True)
-summary = lu.summary_rows(per_slice, ["model", "resolution", "postprocessed"])
-summary["pooled_dice"] = [
-    lu.pooled_dice(masks, predictions[row.model][row.postprocessed]) if row.resolution == "native" else np.nan
-    for row in summary.itertuples()]
+    record = records[name]
+    started = time.perf_counter()
+    raw = [(p >= THRESHOLD).astype(np.uint8) for p in predict_probabilities(model, images, record)]
+    speed[name] = len(names) / (time.perf_counter() - started)
+    predictions[name] = {False: raw, True: [clean_mask(m) for m in raw]}
+    for post, predicted in predictions[name].items():
+        rows += [{"model": name, "resolution": "native", "postprocessed": post, "name": n, **score_slice(t, p, spacing_mm)}
+                 for n, t, p in zip(names, masks, predicted)]
+    size = record["img_size"]
+    x = np.stack([preprocess_slice(i, size, record["hu_min"], record["hu_max"]) for i in images])[..., None]
+    small = model.predict(x, verbose=0)[..., 0] >= THRESHOLD
+    rows += [{"model": name, "resolution": f"model ({size} px)", "postprocessed": False, "name": n,
+              **score_slice(lu.resize_mask(t, size), p, spacing_mm * t.shape[0] / size)} for n, t, p in zip(names, masks, small)]
+per_slice = pd.DataFrame(rows)
+scores = ["dice", "iou", "precision", "recall", "hd95_mm"]
+grouped = per_slice.groupby(["model", "resolution", "postprocessed"])
+summary = grouped[scores].mean().add_suffix("_mean").join(grouped[scores].std().add_suffix("_std"))
+summary["dice_min"] = grouped.dice.min()
+summary = summary.reset_index()
+summary["pooled_dice"] = [pooled_dice(masks, predictions[r.model][r.postprocessed]) if r.resolution == "native"
+                          else np.nan for r in summary.itertuples()]
 summary.round(4)
 
 # %% [markdown]
 # ## The test loss, as the reference notebook reported it
-# Keras' `evaluate` on the test arrays at model resolution: the BCE + Dice loss and the per-image
-# Dice and IoU averaged over the slices. (The reference Kaggle notebook reported Dice 0.9650 and
-# IoU 0.9317 this way, on its own split.)
+# Keras' `evaluate` at model resolution: the BCE + Dice loss and the per-image Dice and IoU averaged
+# over the slices. (The reference Kaggle notebook reported Dice 0.9650 and IoU 0.9317 this way, on
+# its own split.)
 
 # %%
-reference_style = pd.DataFrame({name: model.evaluate(arrays["x_test"], arrays["y_test"], verbose=0, return_dict=True)
-                                for name, model in models.items()}).T
+reference_style = {}
+for name, model in models.items():
+    size, record = records[name]["img_size"], records[name]
+    x = np.stack([preprocess_slice(i, size, record["hu_min"], record["hu_max"]) for i in images])[..., None]
+    y = np.stack([lu.resize_mask(m, size) for m in masks])[..., None]
+    reference_style[name] = model.evaluate(x, y, verbose=0, return_dict=True)
+reference_style = pd.DataFrame(reference_style).T
 reference_style.round(4)
 
 # %% [markdown]
 # ## U-Net vs Residual U-Net
 # The headline numbers side by side (native resolution, no post-processing), with size and speed.
-# A difference of means on 33 slices can be noise, so the per-slice Dice scores are compared in
-# pairs (same slice, two models): the mean difference with a 95% bootstrap confidence interval and
-# a Wilcoxon signed-rank test. If the interval contains 0, the data do not show a winner.
+# A difference of means on a few dozen slices can be noise, so the per-slice Dice scores are
+# compared in pairs (same slice, two models): the mean difference with a 95% bootstrap confidence
+# interval, and a Wilcoxon signed-rank test. If the interval contains 0, the data do not show a winner.
+
+# %%
+#@save
+def paired_comparison(a, b, seed: int = 0, resamples: int = 10000) -> dict:
+    """Per-slice scores of two models on the same slices: mean difference (a - b), its 95%
+    bootstrap confidence interval, and the Wilcoxon signed-rank test's p-value."""
+    difference = np.asarray(a, float) - np.asarray(b, float)
+    means = difference[np.random.default_rng(seed).integers(0, len(difference), (resamples, len(difference)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    p_value = float(stats.wilcoxon(difference).pvalue) if np.any(difference != 0) else 1.0
+    return {"mean_difference": float(difference.mean()), "ci95_low": float(low), "ci95_high": float(high),
+            "wilcoxon_p": p_value, "slices": int(len(difference)),
+            "a_better_slices": int((difference > 0).sum()), "b_better_slices": int((difference < 0).sum())}
 
 # %%
 native = summary[(summary.resolution == "native") & ~summary.postprocessed].set_index("model")
-comparison = pd.DataFrame({name: pd.Series(column, dtype=object) for name, column in {
-    name: {"Dice (mean)": native.dice_mean[name], "Dice (std)": native.dice_std[name],
-           "Dice (worst slice)": native.dice_min[name], "IoU (mean)": native.iou_mean[name],
-           "pooled Dice": native.pooled_dice[name], "HD95 mm (mean)": native.hd95_mm_mean[name],
-           "parameters": records[name]["parameters"], "training s": records[name]["training_seconds"],
-           "s per epoch": records[name]["seconds_per_epoch"], "best epoch": records[name]["best_epoch"],
-           "inference slices/s": speed[name]} for name in MODELS}.items()})  # object columns: counts stay integers
+comparison = pd.DataFrame({name: pd.Series({
+    "Dice (mean)": native.dice_mean[name], "Dice (std)": native.dice_std[name], "Dice (worst slice)": native.dice_min[name],
+    "IoU (mean)": native.iou_mean[name], "pooled Dice": native.pooled_dice[name], "HD95 mm (mean)": native.hd95_mm_mean[name],
+    "parameters": records[name]["parameters"], "training s": records[name]["training_seconds"],
+    "s per epoch": records[name]["seconds_per_epoch"], "best epoch": records[name]["best_epoch"],
+    "inference slices/s": speed[name]}, dtype=object) for name in MODELS})  # object: counts stay integers
 comparison.map(lambda value: f"{value:,}" if isinstance(value, numbers.Integral) else f"{value:.4f}")
 
 # %%
-dice = per_slice[(per_slice.resolution == "native") & ~per_slice.postprocessed].pivot(
-    index="name", columns="model", values="dice")
-paired = lu.paired_comparison(dice[MODELS[0]], dice[MODELS[-1]], seed=SEED) if len(MODELS) == 2 else {}
+dice = per_slice[(per_slice.resolution == "native") & ~per_slice.postprocessed].pivot(index="name", columns="model",
+                                                                                        values="dice")
+paired = paired_comparison(dice[MODELS[0]], dice[MODELS[-1]], seed=SEED) if len(MODELS) == 2 else {}
 winner = max(MODELS, key=lambda name: native.dice_mean[name])
 pd.Series(paired, name=f"{MODELS[0]} minus {MODELS[-1]}, per-slice Dice").to_frame()
 
 # %%
 significant = bool(paired) and (paired["ci95_low"] > 0 or paired["ci95_high"] < 0)
 if significant:
-    sign = 1 if winner == MODELS[0] else -1  # report the interval of "winner minus the other"
+    sign = 1 if winner == MODELS[0] else -1  # the interval of "winner minus the other"
     low, high = sorted([sign * paired["ci95_low"], sign * paired["ci95_high"]])
     print(f"{winner} is better: its per-slice Dice is higher by {abs(paired['mean_difference']):.4f} "
           f"(95% CI {low:+.4f}..{high:+.4f}, Wilcoxon p={paired['wilcoxon_p']:.3g}).")
@@ -174,13 +325,12 @@ elif paired:
 # %% [markdown]
 # ## Does post-processing help?
 # Mean per-slice Dice, HD95 and worst-slice Dice at native resolution, without and with
-# `lu.clean_mask`. Small false-positive islands barely move Dice but inflate HD95, which is where
-# post-processing earns its keep. (Filling *every* hole, tried first, lowered the worst slice's
-# Dice from 0.95 to 0.93: at the lung bases the prediction can enclose tissue the masks exclude.)
+# `clean_mask`. Small false-positive islands barely move Dice but inflate HD95, which is where
+# post-processing earns its keep.
 
 # %%
-native_rows = summary[summary.resolution == "native"]
-native_rows.pivot(index="model", columns="postprocessed", values=["dice_mean", "hd95_mm_mean", "dice_min"]).round(4)
+summary[summary.resolution == "native"].pivot(index="model", columns="postprocessed",
+                                              values=["dice_mean", "hd95_mm_mean", "dice_min"]).round(4)
 
 # %% [markdown]
 # ## Save the numbers
@@ -192,11 +342,10 @@ per_slice.to_csv(evaluation_dir / "per_slice.csv", index=False)
 summary.to_csv(evaluation_dir / "summary.csv", index=False)
 comparison.to_csv(evaluation_dir / "comparison.csv")
 lu.write_json(evaluation_dir / "evaluation.json", {
-    "data": config["data"], "synthetic": synthetic, "test_slices": len(names), "threshold": THRESHOLD,
-    "comparison": comparison.to_dict(), "paired_dice": paired, "winner_by_mean_dice": winner,
-    "difference_significant": significant,
-    "reference_style_test_metrics": reference_style.to_dict(orient="index"),
-    "summary": summary.to_dict(orient="records")})
+    "data": dataset["source"] + lu.data_label(synthetic), "synthetic": synthetic, "models_dir": str(models_dir),
+    "test_slices": len(names), "test_names": names, "threshold": THRESHOLD, "comparison": comparison.to_dict(),
+    "paired_dice": paired, "winner_by_mean_dice": winner, "difference_significant": significant,
+    "reference_style_test_metrics": reference_style.to_dict(orient="index"), "summary": summary.to_dict(orient="records")})
 print("wrote", *sorted(p.name for p in evaluation_dir.iterdir()))
 
 # %% [markdown]
@@ -204,8 +353,8 @@ print("wrote", *sorted(p.name for p in evaluation_dir.iterdir()))
 # CT slice, true mask and each model's predicted mask, for four test slices.
 
 # %%
-shown = np.linspace(0, len(names) - 1, 4).astype(int)
-rows = [[lu.window_hu(images[i], -1000, 400), masks[i]] + [predictions[m][False][i] for m in MODELS] for i in shown]
+shown = np.linspace(0, len(names) - 1, min(4, len(names))).astype(int)
+rows = [[window_hu(images[i], -1000, 400), masks[i]] + [predictions[m][False][i] for m in MODELS] for i in shown]
 lu.show_pairs(rows, ["CT slice", "true mask"] + [f"{m} prediction" for m in MODELS], [names[i] for i in shown],
               title="Test slices at native resolution", path=figures_dir / "predicted_mask_visualization.png",
               synthetic=synthetic);
@@ -216,19 +365,28 @@ lu.show_pairs(rows, ["CT slice", "true mask"] + [f"{m} prediction" for m in MODE
 # negatives in blue.
 
 # %%
+#@save
+def error_overlay(image01: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """RGB picture of a windowed slice with false positives in red and false negatives in blue."""
+    rgb = np.repeat(image01[..., None], 3, axis=-1).astype(np.float32)
+    rgb[prediction.astype(bool) & ~truth.astype(bool)] = [1.0, 0.1, 0.1]
+    rgb[truth.astype(bool) & ~prediction.astype(bool)] = [0.1, 0.4, 1.0]
+    return rgb
+
+# %%
 rows, titles = [], []
 for name in MODELS:
     worst = dice[name].nsmallest(3)
-    rows.append([lu.error_overlay(lu.window_hu(images[names.index(n)], -1000, 400), masks[names.index(n)],
-                                  predictions[name][False][names.index(n)]) for n in worst.index])
+    rows.append([error_overlay(window_hu(images[names.index(n)], -1000, 400), masks[names.index(n)],
+                               predictions[name][False][names.index(n)]) for n in worst.index])
     titles.append(name + ": " + ", ".join(f"{d:.3f}" for d in worst))
-lu.show_pairs(rows, ["worst", "2nd worst", "3rd worst"], titles, size=3.4,
+lu.show_pairs(rows, ["worst", "2nd worst", "3rd worst"][:len(rows[0])], titles, size=3.4,
               title="Errors on the worst slices (red: false positive, blue: false negative)",
               path=figures_dir / "worst_slices_errors.png", synthetic=synthetic);
 
 # %% [markdown]
 # ## Per-slice Dice, and how training went
-# A strip plot shows every test slice; training curves of both models together.
+# A strip plot shows every test slice; the training curves of both models together.
 
 # %%
 figure, axis = plt.subplots(figsize=(6, 3.5))
@@ -240,8 +398,8 @@ axis.set_xticks(range(len(MODELS)), MODELS), axis.set_ylabel("Dice per test slic
 lu.save_figure(figure, figures_dir / "dice_per_slice.png", synthetic);
 
 # %%
-histories = {name: pd.read_csv(output_dir / "models" / f"{name}_history.csv") for name in MODELS}
-lu.plot_history(histories, path=figures_dir / "training_curves.png", synthetic=synthetic);
+lu.plot_history({name: pd.read_csv(models_dir / f"{name}_history.csv") for name in MODELS},
+                path=figures_dir / "training_curves.png", synthetic=synthetic);
 
 # %% [markdown]
 # ## Lung measurements
@@ -250,19 +408,27 @@ lu.plot_history(histories, path=figures_dir / "training_curves.png", synthetic=s
 # post-processing) and from the true masks, which give exactly the values of `lung_stats.csv`.
 
 # %%
+#@save
+def lung_measurements(image_hu: np.ndarray, mask: np.ndarray, pixel_area_mm2: float) -> dict:
+    """Lung area (mm²), mean HU, and the 5th/95th percentile density (PD05/PD95) inside the mask."""
+    inside = image_hu[mask.astype(bool)].astype(np.float64)
+    if inside.size == 0:
+        return {"area_mm2": 0.0, "mean_hu": np.nan, "pd05_hu": np.nan, "pd95_hu": np.nan}
+    return {"area_mm2": inside.size * pixel_area_mm2, "mean_hu": inside.mean(),
+            "pd05_hu": np.percentile(inside, 5), "pd95_hu": np.percentile(inside, 95)}
+
+# %%
 rows = []
 for name in MODELS:
     for slice_name, image, truth, predicted in zip(names, images, masks, predictions[name][True]):
-        true_values = lu.lung_measurements(image, truth, pixel_area)
-        predicted_values = lu.lung_measurements(image, predicted, pixel_area)
-        rows.append({"model": name, "name": slice_name, **{f"true_{k}": v for k, v in true_values.items()},
-                     **{f"predicted_{k}": v for k, v in predicted_values.items()}})
+        rows.append({"model": name, "name": slice_name,
+                     **{f"true_{k}": v for k, v in lung_measurements(image, truth, pixel_area).items()},
+                     **{f"predicted_{k}": v for k, v in lung_measurements(image, predicted, pixel_area).items()}})
 measurements = pd.DataFrame(rows)
 errors = {}
 for quantity in ("area_mm2", "mean_hu", "pd05_hu", "pd95_hu"):
-    difference = measurements[f"predicted_{quantity}"] - measurements[f"true_{quantity}"]
-    measurements[f"error_{quantity}"] = difference
-    errors[quantity] = difference.abs().groupby(measurements.model).mean()
+    measurements[f"error_{quantity}"] = measurements[f"predicted_{quantity}"] - measurements[f"true_{quantity}"]
+    errors[quantity] = measurements[f"error_{quantity}"].abs().groupby(measurements.model).mean()
 measurements["relative_error_area"] = measurements.error_area_mm2 / measurements.true_area_mm2
 measurements.to_csv(evaluation_dir / "lung_measurements.csv", index=False)
 errors = pd.DataFrame(errors).add_prefix("mean |error| ")
@@ -282,26 +448,56 @@ lu.save_figure(figure, figures_dir / "lung_area_scatter.png", synthetic);
 
 # %% [markdown]
 # ## Your own scans
-# `lu.predict_masks(model, slices_in_hu, settings)` applies exactly the preprocessing the model
-# was trained with (read from the settings saved beside it) to slices of any size and returns masks
-# of the same size. Below it runs on `PREDICT_DIR` and writes a mask and an overlay per input to
-# `outputs/predictions/`. Inputs must be CT in HU: int16 or float TIFF, 16-bit PNG holding HU+1024,
-# or DICOM (rescale slope and intercept are applied). An 8-bit image is refused with a message,
-# because it cannot hold HU and would give a meaningless mask.
+# `predict_masks(model, slices_in_hu, settings)` works on slices of any size. `predict_folder` below
+# runs it on a folder (`PREDICT_DIR`) or a list of files and writes, per input, a mask
+# (`<name>_mask.png`, 0/255, the input's size) and an overlay to `outputs/predictions/<model>/`.
+# Inputs must be CT in HU: int16 or float TIFF, 16-bit PNG holding HU+1024, or DICOM (rescale slope
+# and intercept are applied). An 8-bit image is refused with a message: it cannot hold HU and would
+# give a meaningless mask. Without training anything, the committed models in `models/` do this.
+
+# %%
+#@save
+def mask_overlay(image01: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """RGB picture of a windowed slice with the mask tinted green."""
+    rgb = np.repeat(image01[..., None], 3, axis=-1).astype(np.float32)
+    rgb[mask.astype(bool)] = 0.55 * rgb[mask.astype(bool)] + 0.45 * np.array([0.1, 1.0, 0.2])
+    return rgb
+
+
+def predict_folder(model, settings: dict, inputs, output_dir, postprocess: bool = True) -> pd.DataFrame:
+    """Segment the user's slices (a folder of TIFF/PNG/DICOM files, or a list of files); save
+    ``<file name>_mask.png`` and ``<file name>_overlay.png`` for each into ``output_dir``."""
+    import cv2
+
+    if isinstance(inputs, (str, Path)):
+        folder = Path(inputs)
+        if not folder.is_dir():
+            raise LungsegError(f"PREDICT_DIR={str(folder)!r} is not a folder. Point it at a folder of CT slices.")
+        inputs = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not inputs:
+            raise LungsegError(f"PREDICT_DIR={str(folder)!r} holds no {', '.join(IMAGE_SUFFIXES)} files.")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path in map(Path, inputs):
+        image = read_slice(path)
+        check_hu(image, path)
+        mask = predict_masks(model, image, settings, postprocess=postprocess)
+        mask_path, overlay_path = output_dir / f"{path.name}_mask.png", output_dir / f"{path.name}_overlay.png"
+        cv2.imwrite(str(mask_path), mask * 255)
+        overlay = mask_overlay(window_hu(image, settings["hu_min"], settings["hu_max"]), mask)
+        cv2.imwrite(str(overlay_path), (overlay[..., ::-1] * 255).astype(np.uint8))
+        rows.append({"input": str(path), "shape": image.shape, "lung_fraction": float(mask.mean()),
+                     "mask": str(mask_path), "overlay": str(overlay_path)})
+    return pd.DataFrame(rows)
 
 # %%
 chosen = PREDICT_MODEL or winner
-if PREDICT_DIR:
-    inputs = PREDICT_DIR
-else:  # a demonstration on three test slices
-    pairs = pd.read_csv(output_dir / "data" / "pairs.csv").set_index("name")
-    inputs = [pairs.image_path[n] for n in names[:3]]
-written = lu.predict_folder(models[chosen], records[chosen], inputs, output_dir / "predictions" / chosen)
+inputs = PREDICT_DIR or list(test.image_path[:3])  # without PREDICT_DIR: a demonstration on three test slices
+written = predict_folder(models[chosen], records[chosen], inputs, output_dir / "predictions" / chosen)
 print(f"model: {chosen}")
 written
 
 # %%
-overlays = [plt.imread(Path(row.mask).with_name(Path(row.mask).name.replace("_mask", "_overlay")))
-            for row in written.itertuples()][:4]
-lu.show_pairs([overlays], [Path(p).name for p in written.input[:4]], title=f"{chosen}: predicted lungs",
-              synthetic=synthetic);
+lu.show_pairs([[plt.imread(p) for p in written.overlay[:4]]], [Path(p).name for p in written.input[:4]],
+              title=f"{chosen}: predicted lungs", synthetic=synthetic);

@@ -59,30 +59,63 @@ def real_arrays(real_data) -> dict:
     """All 217 real pairs at 64 px, split as 02_preprocess splits them (seed 0), plus the split's names."""
     import numpy as np
 
-    from lungseg.data import find_pairs, read_mask, read_slice
-    from lungseg.preprocess import make_split, preprocess_slice, resize_mask
+    import lungseg_utils as lu
+    from lungseg.data import find_pairs
 
     pairs = find_pairs(real_data)
-    pairs = pairs.merge(make_split(pairs.name, seed=0), on="name")
+    pairs = pairs.merge(lu.split_slices(pairs.name, seed=0), on="name")
     arrays = {}
     for split in ("train", "val", "test"):
         part = pairs[pairs.split == split]
-        arrays[f"x_{split}"] = np.stack([preprocess_slice(read_slice(p), 64, -1000, 400) for p in part.image_path])[..., None]
-        arrays[f"y_{split}"] = np.stack([resize_mask(read_mask(p), 64) for p in part.mask_path])[..., None]
-        arrays[f"names_{split}"] = list(part.name)
+        arrays[f"x_{split}"] = np.stack([lu.preprocess_slice(lu.read_slice(p), 64, -1000, 400) for p in part.image_path])[..., None]
+        arrays[f"y_{split}"] = np.stack([lu.resize_mask(lu.read_mask(p), 64) for p in part.mask_path])[..., None]
+        arrays[f"names_{split}"] = np.array(part.name, dtype=str)
     return arrays
 
 
 QUICK_PREPROCESSING = {"img_size": 64, "hu_min": -1000, "hu_max": 400, "synthetic": False, "data_source": "folder",
-                       "augmentation": {"rotation_degrees": 10.0, "flip_left_right": True, "flip_up_down": False}}
+                       "augmentation": {"rotation_degrees": 0.0, "flip_left_right": False, "flip_up_down": False}}
+
+
+def train_unet(arrays, epochs=8, learning_rate=1e-3, base_filters=8, seed=0):
+    """The U-Net of 03_unet (its own cells), compiled and fitted as 03 does, at 64 px."""
+    import keras
+
+    import lungseg_utils as lu
+    from notebook_code import definitions
+
+    keras.utils.set_random_seed(seed)
+    model = definitions("03_unet", "conv_block", "build_unet")["build_unet"](64, base_filters)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=lu.bce_dice_loss, metrics=[lu.dice_coef, lu.iou_coef])
+    history = model.fit(lu.make_dataset(arrays["x_train"], arrays["y_train"], 8, training=True, seed=seed),
+                        validation_data=lu.make_dataset(arrays["x_val"], arrays["y_val"], 8), epochs=epochs, verbose=0)
+    return model, history.history
 
 
 @pytest.fixture(scope="session")
-def trained_unet(real_arrays, tmp_path_factory):
-    """A U-Net (8 base filters) trained for 8 epochs on the real slices at 64 px: a few seconds."""
-    from lungseg.models import unet
-    from lungseg.training import train_model
+def unet_training(real_arrays):
+    """A U-Net (8 base filters) trained for 8 epochs on the real slices at 64 px (a few seconds): (model, history)."""
+    return train_unet(real_arrays)
 
-    return train_model(lambda: unet(64, 8), real_arrays, QUICK_PREPROCESSING, name="unet",
-                       output_dir=tmp_path_factory.mktemp("trained"), epochs=8, batch_size=8,
-                       learning_rate=1e-3, seed=0)
+
+@pytest.fixture(scope="session")
+def trained_unet(unet_training):
+    """(model, settings): the settings are what a model's record holds for inference."""
+    return unet_training[0], dict(QUICK_PREPROCESSING)
+
+
+def write_training_inputs(arrays: dict, output_dir: Path, preprocessing: dict = QUICK_PREPROCESSING) -> Path:
+    """outputs/data as 02_preprocess leaves it (arrays.npz, preprocess.json, dataset.json, pairs.csv),
+    so that a training notebook finds its inputs without running 01 and 02."""
+    import json
+
+    import numpy as np
+
+    data = output_dir / "data"
+    data.mkdir(parents=True)
+    np.savez(data / "arrays.npz", **arrays)
+    (data / "preprocess.json").write_text(json.dumps({**preprocessing, "split": [0.7, 0.15, 0.15], "split_seed": 0,
+                                                      "data_root": "", "slices": {}}))
+    (data / "dataset.json").write_text(json.dumps({"source": "folder", "synthetic": False, "root": ""}))
+    (data / "pairs.csv").write_text("name,image_path,mask_path\n")
+    return output_dir

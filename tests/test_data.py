@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import tifffile
 
-from lungseg.data import (LungsegError, check_hu, check_lung_stats, find_pairs, pixel_area_mm2, read_mask,
-                          read_slice, summarise, verify_pairs)
+from lungseg.data import check_lung_stats, find_pairs, pixel_area_mm2, summarise, verify_pairs
+from lungseg_utils import LungsegError, check_hu, read_mask, read_slice
 
 
 def test_read_slice_keeps_hounsfield_units(real_data, real_names):

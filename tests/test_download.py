@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import lungseg.download as download
-from lungseg.data import LungsegError, find_pairs
+from lungseg.data import find_pairs
+from lungseg_utils import LungsegError
 from lungseg.download import (find_kaggle_credentials, get_dataset, install_archive, install_kaggle_json,
                               safe_extract_zip)
 

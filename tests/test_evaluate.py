@@ -6,11 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungseg.data import LungsegError, read_mask, read_slice
-from lungseg.evaluate import (clean_mask, hd95, lung_measurements, overlap_scores,
-                              paired_comparison, pooled_dice, predict_folder, predict_masks, predict_probabilities,
-                              score_native)
-from lungseg.preprocess import preprocess_slice, resize_mask
+from lungseg_utils import (LungsegError, clean_mask, hd95, lung_measurements, overlap_scores, paired_comparison,
+                           pooled_dice, predict_folder, predict_masks, predict_probabilities, preprocess_slice,
+                           read_mask, read_slice, resize_mask, score_slice)
 
 
 def _square(top, left, size=20, shape=(64, 64)):
@@ -80,35 +78,35 @@ def test_lung_measurements_reproduce_lung_stats(real_data, real_names):
         assert values["pd95_hu"] == pytest.approx(row.lung_pd95_hu)
 
 
-def test_inference_on_real_slices_matches_the_evaluation_path(trained_unet, real_data, real_arrays):
-    model, settings = trained_unet.model, trained_unet.record
+def test_inference_on_real_slices(trained_unet, real_data, real_arrays):
+    model, settings = trained_unet
     names = real_arrays["names_test"][:4]
     slices = [read_slice(real_data / "2d_images" / n) for n in names]
     masks = predict_masks(model, slices, settings)
     assert [m.shape for m in masks] == [(512, 512)] * 4
     assert all(m.dtype == np.uint8 and set(np.unique(m)) <= {0, 1} for m in masks)
-    # The notebook's evaluation path (score_native) gives the same masks.
-    truths = [read_mask(real_data / "2d_masks" / n) for n in names]
-    table, evaluated = score_native(model, settings, names, slices, truths, spacing_mm=0.8385)
-    for mask, same in zip(masks, evaluated[False]):
-        np.testing.assert_array_equal(mask, same)
-    # And the network saw what it saw in training: at 64 px the masks agree with the predictions
-    # on the arrays of 02 on nearly every pixel (only resampling at the boundary differs).
+    # The probabilities are brought back to 512x512 before thresholding.
+    for mask, probability in zip(masks, predict_probabilities(model, slices, settings)):
+        np.testing.assert_array_equal(mask, probability >= 0.5)
+    # The network saw what it saw in training: at 64 px the masks agree with the predictions on
+    # the arrays of 02 on nearly every pixel (only resampling at the boundary differs).
     direct = model.predict(real_arrays["x_test"][:4], verbose=0)[..., 0] >= 0.5
     for mask, low in zip(masks, direct):
         assert np.mean(resize_mask(mask, 64) == low) > 0.98
     # And it segments lungs: Dice against the true masks at native resolution.
-    assert table[~table.postprocessed].dice.mean() > 0.85
+    truths = [read_mask(real_data / "2d_masks" / n) for n in names]
+    assert np.mean([score_slice(t, m, 0.8385)["dice"] for t, m in zip(truths, masks)]) > 0.85
     # One slice of another size in, one mask of that size out.
     cropped = slices[0][50:450, 20:500]
     assert predict_masks(model, cropped, settings).shape == cropped.shape
 
 
 def test_inference_settings_come_from_the_model_record(trained_unet, real_data, real_arrays):
+    model, settings = trained_unet
     image = read_slice(real_data / "2d_images" / real_arrays["names_test"][0])
-    shifted = dict(trained_unet.record, hu_min=-500, hu_max=900)  # another window: other input, other output
-    a = predict_probabilities(trained_unet.model, image, trained_unet.record)[0]
-    b = predict_probabilities(trained_unet.model, image, shifted)[0]
+    shifted = dict(settings, hu_min=-500, hu_max=900)  # another window: other input, other output
+    a = predict_probabilities(model, image, settings)[0]
+    b = predict_probabilities(model, image, shifted)[0]
     assert np.abs(a - b).mean() > 0.01
     np.testing.assert_allclose(preprocess_slice(image, 64, -1000, 400), real_arrays["x_test"][0, ..., 0], atol=1e-6)
 
@@ -138,28 +136,29 @@ def test_dicom_with_rescale_slope_and_intercept(tmp_path, real_data, real_names)
 
 
 def test_predict_folder_with_tiff_png_and_refusals(trained_unet, real_data, real_names, tmp_path):
+    model, settings = trained_unet
     inputs = tmp_path / "my_scans"
     inputs.mkdir()
     hu = read_slice(real_data / "2d_images" / real_names[0])
-    cv2.imwrite(str(inputs / "png16.png"), (hu.astype(np.int32) + 1024).clip(0, 65535).astype(np.uint16))
-    (inputs / "tiff.tif").write_bytes((real_data / "2d_images" / real_names[1]).read_bytes())
-    written = predict_folder(trained_unet.model, trained_unet.record, inputs, tmp_path / "predictions")
+    cv2.imwrite(str(inputs / "scan.png"), (hu.astype(np.int32) + 1024).clip(0, 65535).astype(np.uint16))
+    (inputs / "scan.tif").write_bytes((real_data / "2d_images" / real_names[1]).read_bytes())
+    written = predict_folder(model, settings, inputs, tmp_path / "predictions")
     assert len(written) == 2
-    for stem in ("png16", "tiff"):
-        mask = cv2.imread(str(tmp_path / "predictions" / f"{stem}_mask.png"), cv2.IMREAD_UNCHANGED)
+    for name in ("scan.png", "scan.tif"):  # the same stem: two outputs, neither overwrites the other
+        mask = cv2.imread(str(tmp_path / "predictions" / f"{name}_mask.png"), cv2.IMREAD_UNCHANGED)
         assert mask.shape == (512, 512) and set(np.unique(mask)) <= {0, 255} and mask.mean() > 10
-        assert (tmp_path / "predictions" / f"{stem}_overlay.png").is_file()
-    png_mask = predict_masks(trained_unet.model, read_slice(inputs / "png16.png"), trained_unet.record, postprocess=True)
-    np.testing.assert_array_equal(png_mask * 255, cv2.imread(str(tmp_path / "predictions" / "png16_mask.png"), 0))
+        assert (tmp_path / "predictions" / f"{name}_overlay.png").is_file()
+    png_mask = predict_masks(model, read_slice(inputs / "scan.png"), settings, postprocess=True)
+    np.testing.assert_array_equal(png_mask * 255, cv2.imread(str(tmp_path / "predictions" / "scan.png_mask.png"), 0))
 
     cv2.imwrite(str(inputs / "eight_bit.png"), (hu // 16).clip(0, 255).astype(np.uint8))
     with pytest.raises(LungsegError, match="eight_bit.png: an 8-bit image cannot hold Hounsfield units"):
-        predict_folder(trained_unet.model, trained_unet.record, inputs, tmp_path / "predictions")
+        predict_folder(model, settings, inputs, tmp_path / "predictions")
     (inputs / "eight_bit.png").unlink()
     (inputs / "broken.tif").write_bytes(b"II*\x00garbage")
     with pytest.raises(LungsegError, match="broken.tif: unreadable or corrupt"):
-        predict_folder(trained_unet.model, trained_unet.record, inputs, tmp_path / "predictions")
+        predict_folder(model, settings, inputs, tmp_path / "predictions")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(LungsegError, match="holds no"):
-        predict_folder(trained_unet.model, trained_unet.record, empty, tmp_path / "predictions")
+        predict_folder(model, settings, empty, tmp_path / "predictions")

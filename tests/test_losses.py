@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lungseg.losses import bce_dice_loss, dice_coef, iou_coef
+from lungseg_utils import bce_dice_loss, dice_coef, iou_coef
 
 
 def _masks():

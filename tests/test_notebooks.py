@@ -1,7 +1,10 @@
 """The notebooks end to end through the runner (quick configuration), on the real slices and on the
-synthetic default; failures that name the cell; the .py/.ipynb pairs in sync."""
+synthetic default; each notebook alone in a fresh output folder; failures that name the cell; the
+.py/.ipynb pairs in sync; lungseg_utils.py made from the #@save cells."""
 
+import ast
 import json
+import re
 from pathlib import Path
 
 import jupytext
@@ -9,7 +12,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from lungseg import runner
+from lungseg import build_utils, runner
 
 from conftest import REPO_ROOT
 
@@ -29,9 +32,18 @@ def _outputs_text(notebook_path: Path) -> str:
 @pytest.fixture(scope="module")
 def real_run(real_data, tmp_path_factory):
     output = tmp_path_factory.mktemp("real_run")
+    lines = []
     runner.run_pipeline({**QUICK, "DATA_SOURCE": "folder", "DATA_DIR": str(real_data)}, str(output),
-                        log=lambda *args, **kwargs: None)
+                        log=lambda *args, **kwargs: lines.append(" ".join(map(str, args))))
+    (output / "console.txt").write_text("\n".join(lines))
     return output
+
+
+def test_the_runner_shows_progress_while_a_notebook_trains(real_run):
+    console = (real_run / "console.txt").read_text()
+    for epoch in range(1, QUICK["EPOCHS"] + 1):
+        assert f"    Epoch {epoch}/{QUICK['EPOCHS']}" in console
+    assert "verified pairs: 217" in console and "[5/5] 05_evaluate" in console
 
 
 def test_real_data_pipeline_reports_217_verified_pairs(real_run):
@@ -107,3 +119,77 @@ def test_notebook_pairs_are_in_sync(source):
     script, notebook = jupytext.read(source), jupytext.read(paired)
     assert [(c.cell_type, c.source) for c in script.cells] == [(c.cell_type, c.source) for c in notebook.cells], (
         f"{paired.name} differs from {source.name}: run  jupytext --sync {source.relative_to(REPO_ROOT)}")
+
+
+# --------------------------------------------------------------------------- each notebook alone
+@pytest.mark.parametrize("number", ["02", "03", "04", "05"])
+def test_each_notebook_runs_alone_in_a_fresh_output_folder(number, real_data, tmp_path, monkeypatch, capsys):
+    """As in Colab, where each notebook gets a fresh machine: what it needs and lacks, it makes (02: the
+    data as 01 gets it; 03/04: 01 and 02; 05: 01 and 02, and the committed models). The command is that of
+    `bash scripts/run.sh --quick --only NN` with an empty output folder."""
+    monkeypatch.setenv("LUNGSEG_DATA_DIR", str(real_data))  # where 01 finds the data with its defaults
+    output = tmp_path / "fresh"
+    assert runner.main(["--quick", "--only", number, "--output-dir", str(output)]) == 0
+    text = _outputs_text(output / "notebooks" / f"{sorted(runner.NOTEBOOKS.glob(number + '_*.py'))[0].stem}.ipynb")
+    needed = {"02": "01_download", "03": "01_download and 02_preprocess", "04": "01_download and 02_preprocess",
+              "05": "01_download and 02_preprocess"}[number]
+    assert f"running {needed} first" in text
+    if number in ("03", "04"):
+        name = "unet" if number == "03" else "resunet"
+        record = json.loads((output / "models" / f"{name}.json").read_text())
+        assert record["img_size"] == QUICK["IMG_SIZE"] and record["synthetic"] is False
+    if number == "05":
+        assert "using the committed ones" in text
+        evaluation = json.loads((output / "evaluation" / "evaluation.json").read_text())
+        assert evaluation["test_slices"] == 33 and evaluation["models_dir"] == str(REPO_ROOT / "models")
+    assert "without encryption" not in "".join(capsys.readouterr())  # the kernels talk over IPC, not TCP
+
+
+# --------------------------------------------------------------------------- the notebooks' code
+NOTEBOOK_SOURCES = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
+
+
+def test_lungseg_utils_is_made_from_the_marked_cells():
+    """One source: edit the #@save cell in the notebook, then run  python -m lungseg.build_utils."""
+    assert (REPO_ROOT / "lungseg_utils.py").read_text() == build_utils.build(), (
+        "lungseg_utils.py differs from the notebooks' #@save cells: run  python -m lungseg.build_utils")
+    names = {node.name for node in ast.parse(build_utils.build()).body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    assert {"read_slice", "bce_dice_loss", "dice_coef", "iou_coef", "augment_pair", "predict_masks",
+            "overlap_scores", "show_pairs"} <= names
+
+
+def test_the_lessons_are_code_in_cells():
+    sources = {path.stem: path.read_text() for path in NOTEBOOK_SOURCES}
+    assert not any("getsource" in text for text in sources.values())
+    for stem, needed in {"03_unet": ["def conv_block", "def build_unet", "def bce_dice_loss", "def make_dataset",
+                                     "model.compile(", "model.fit(", "ModelCheckpoint(", "CSVLogger("],
+                         "04_resunet": ["def residual_block", "def build_resunet", "Conv2DTranspose", "Concatenate",
+                                        "model.compile(", "model.fit(", "ModelCheckpoint("],
+                         "02_preprocess": ["def window_hu", "def resize_mask", "train_test_split", "RandomFlip",
+                                           "RandomRotation"]}.items():
+        for text in needed:
+            assert text in sources[stem], f"{stem} lacks {text}"
+
+
+def test_every_notebook_has_the_same_short_setup_cell_and_one_repository_url():
+    setups = [jupytext.read(path).cells[1].source for path in NOTEBOOK_SOURCES]
+    assert len(set(setups)) == 1 and len(setups[0].splitlines()) <= 12
+    assert 'if "google.colab" in sys.modules:' in setups[0]
+    repository = re.search(r'REPOSITORY = "https://github.com/([^"]+)"', setups[0]).group(1)
+    for path in NOTEBOOK_SOURCES:
+        badges = re.findall(r"colab.research.google.com/github/([^/]+/[^/]+)/blob/main/notebooks/(\S+?)\)", path.read_text())
+        assert badges == [(repository, path.stem + ".ipynb")], path.name
+    assert repository in (REPO_ROOT / "README.md").read_text()
+
+
+def test_no_import_circles_among_the_benchmark_scripts():
+    imports = {path.stem: {alias.name.split(".")[0] for node in ast.walk(ast.parse(path.read_text()))
+                           if isinstance(node, (ast.Import, ast.ImportFrom))
+                           for alias in (node.names if isinstance(node, ast.Import) else [node])
+                           if isinstance(node, ast.Import)} | {node.module.split(".")[0] for node in
+                                                               ast.walk(ast.parse(path.read_text()))
+                                                               if isinstance(node, ast.ImportFrom) and node.module}
+               for path in (REPO_ROOT / "benchmarks").glob("*.py")}
+    assert "render_results" in imports["benchmark"] and "benchmark" not in imports["render_results"]
+    assert "lungseg" not in {name for name in ast.parse(build_utils.build()).body
+                             for name in ([a.name for a in name.names] if isinstance(name, ast.Import) else [])}

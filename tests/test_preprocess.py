@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 
-from lungseg.data import LungsegError, read_mask, read_slice
-from lungseg.preprocess import check_img_size, make_split, preprocess_slice, resize_mask, window_hu
-from lungseg.training import augment_pair, make_dataset
+from lungseg_utils import (LungsegError, augment_pair, check_img_size, make_augmenter, make_dataset, preprocess_slice,
+                           read_mask, read_slice, resize_mask, split_slices, window_hu)
 
 
 def test_window_maps_the_hu_range_to_unit_interval():
@@ -32,19 +31,19 @@ def test_resized_masks_stay_binary_and_keep_their_area(real_data, real_names, si
 
 
 def test_split_is_deterministic_and_complete(real_names):
-    first, again = make_split(real_names, seed=0), make_split(list(reversed(real_names)), seed=0)
+    first, again = split_slices(real_names, seed=0), split_slices(list(reversed(real_names)), seed=0)
     assert first.equals(again)  # depends on the names and the seed only, not their order
     assert first.split.value_counts().to_dict() == {"train": 151, "val": 33, "test": 33}
     assert sorted(first.name) == sorted(real_names)
-    other = make_split(real_names, seed=1)
+    other = split_slices(real_names, seed=1)
     assert not first.split.equals(other.split)
 
 
 def test_split_that_leaves_a_part_empty():
     with pytest.raises(LungsegError, match="every part needs at least one"):
-        make_split([f"s{i}.tif" for i in range(5)], (0.9, 0.05, 0.05))
+        split_slices([f"s{i}.tif" for i in range(5)], (0.9, 0.05, 0.05))
     with pytest.raises(LungsegError, match="summing to 1"):
-        make_split(["a", "b", "c"], (0.5, 0.5, 0.5))
+        split_slices(["a", "b", "c"], (0.5, 0.5, 0.5))
 
 
 @pytest.mark.parametrize("size", [0, 50, 100, 250, -16, 25.6])
@@ -54,26 +53,39 @@ def test_image_sizes_the_models_cannot_use(size):
 
 
 def test_augmentation_moves_image_and_mask_together(real_data, real_names):
-    mask = resize_mask(read_mask(real_data / "2d_masks" / real_names[3]), 128)[..., None]
+    mask = resize_mask(read_mask(real_data / "2d_masks" / real_names[3]), 128)[None, ..., None]
     image = mask.astype(np.float32)  # an image equal to its mask: any misalignment would show
-    for index in range(6):
-        new_image, new_mask = augment_pair(image, mask, seed=[0, index], rotation_degrees=15.0)
-        new_image, new_mask = new_image.numpy(), new_mask.numpy()
-        assert new_mask.dtype == np.uint8 and set(np.unique(new_mask)) <= {0, 1}
+    new_images, new_masks = augment_pair(np.repeat(image, 6, axis=0), np.repeat(mask, 6, axis=0),
+                                         make_augmenter(rotation_degrees=15.0, flip_left_right=True, seed=0))
+    new_images, new_masks = new_images.numpy(), new_masks.numpy()
+    assert new_masks.dtype == np.uint8 and set(np.unique(new_masks)) <= {0, 1}
+    assert len({m.tobytes() for m in new_masks}) == 6  # six different transforms
+    for new_image, new_mask in zip(new_images, new_masks):
         assert np.mean((new_image >= 0.5) != new_mask) == 0.0
         assert new_mask.mean() == pytest.approx(mask.mean(), abs=0.02)
 
 
 def test_augmentation_is_random_but_reproducible(real_data, real_names):
-    image = preprocess_slice(read_slice(real_data / "2d_images" / real_names[0]), 64, -1000, 400)[..., None]
-    mask = resize_mask(read_mask(real_data / "2d_masks" / real_names[0]), 64)[..., None]
-    a = augment_pair(image, mask, seed=[3, 4])[0].numpy()
-    b = augment_pair(image, mask, seed=[3, 4])[0].numpy()
-    c = augment_pair(image, mask, seed=[3, 5])[0].numpy()
+    image = preprocess_slice(read_slice(real_data / "2d_images" / real_names[0]), 64, -1000, 400)[None, ..., None]
+    mask = resize_mask(read_mask(real_data / "2d_masks" / real_names[0]), 64)[None, ..., None]
+    images, masks = np.repeat(image, 4, axis=0), np.repeat(mask, 4, axis=0)
+    a = augment_pair(images, masks, make_augmenter(seed=3))[0].numpy()
+    b = augment_pair(images, masks, make_augmenter(seed=3))[0].numpy()
+    c = augment_pair(images, masks, make_augmenter(seed=4))[0].numpy()
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
-    same = augment_pair(image, mask, seed=[3, 4], rotation_degrees=0.0, flip_left_right=False)[0].numpy()
-    np.testing.assert_array_equal(same, image)
+    assert make_augmenter(rotation_degrees=0.0, flip_left_right=False) is None
+
+
+def test_left_right_flip_mirrors_image_and_mask(real_data, real_names):
+    image = preprocess_slice(read_slice(real_data / "2d_images" / real_names[0]), 64, -1000, 400)[None, ..., None]
+    mask = resize_mask(read_mask(real_data / "2d_masks" / real_names[0]), 64)[None, ..., None]
+    images, masks = augment_pair(np.repeat(image, 16, axis=0), np.repeat(mask, 16, axis=0),
+                                 make_augmenter(rotation_degrees=0.0, flip_left_right=True, seed=0))
+    mirrored = [np.array_equal(x, image[0, :, ::-1]) and np.array_equal(y, mask[0, :, ::-1])
+                for x, y in zip(images.numpy(), masks.numpy())]
+    unchanged = [np.array_equal(x, image[0]) and np.array_equal(y, mask[0]) for x, y in zip(images.numpy(), masks.numpy())]
+    assert all(m or u for m, u in zip(mirrored, unchanged)) and any(mirrored) and any(unchanged)
 
 
 def _small_arrays(real_data, names, size=32):
@@ -82,10 +94,10 @@ def _small_arrays(real_data, names, size=32):
     return images[..., None], masks[..., None]
 
 
-@pytest.mark.parametrize("augmentation", [None, {"rotation_degrees": 0.0, "flip_left_right": False, "flip_up_down": False}])
-def test_training_pipeline_without_augmentation_yields_the_slices_unchanged(real_data, real_names, augmentation):
+def test_training_pipeline_without_augmentation_yields_the_slices_unchanged(real_data, real_names):
     images, masks = _small_arrays(real_data, real_names[:6])
-    seen = [(x.numpy(), y.numpy()) for xs, ys in make_dataset(images, masks, 4, training=True, augmentation=augmentation)
+    seen = [(x.numpy(), y.numpy()) for xs, ys in make_dataset(images, masks, 4, training=True,
+                                                               augmenter=make_augmenter(0.0, False, False))
             for x, y in zip(xs, ys)]
     assert len(seen) == 6
     for x, y in seen:  # every pair is one of the inputs, image and mask still together
@@ -95,6 +107,9 @@ def test_training_pipeline_without_augmentation_yields_the_slices_unchanged(real
 
 def test_training_pipeline_with_augmentation_changes_the_slices(real_data, real_names):
     images, masks = _small_arrays(real_data, real_names[:6])
-    augmentation = {"rotation_degrees": 10.0, "flip_left_right": True, "flip_up_down": False}
-    seen = [x.numpy() for xs, _ in make_dataset(images, masks, 6, training=True, augmentation=augmentation) for x in xs]
+    augmenter = make_augmenter(rotation_degrees=10.0, flip_left_right=True, seed=0)
+    seen = [x.numpy() for xs, _ in make_dataset(images, masks, 6, training=True, augmenter=augmenter) for x in xs]
     assert sum(any(np.array_equal(image, x) for image in images) for x in seen) < 6
+    # validation data is never augmented, even when an augmenter is given
+    val = [x.numpy() for xs, _ in make_dataset(images, masks, 6, augmenter=augmenter) for x in xs]
+    np.testing.assert_array_equal(np.stack(val), images)

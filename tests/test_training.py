@@ -1,20 +1,19 @@
-"""Training on the real slices: it must learn, and fail to learn when the labels are shuffled;
-its records, guards and interruption behaviour."""
+"""Training on the real slices: the network of 03 must learn, and fail to learn when the labels are
+shuffled; 03's own training cells: records, the kept best epoch, interruption, a diverging run."""
 
 import json
-from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 
-import lungseg.training as training
-from lungseg.data import LungsegError
-from lungseg.evaluate import overlap_scores
-from lungseg.models import unet
-from lungseg.training import check_training_settings, load_training_inputs, train_model
+import lungseg.checks as checks
+from lungseg.checks import check_training_settings
+from lungseg_utils import LungsegError, overlap_scores
 
-from conftest import QUICK_PREPROCESSING
+from conftest import train_unet, write_training_inputs
+from notebook_code import run_cells
 
 
 def _mean_mask_dice(arrays) -> float:
@@ -30,44 +29,59 @@ def _mean_mask_dice(arrays) -> float:
 FLOOR = 0.90
 
 
-def test_training_learns_from_real_slices(trained_unet, real_arrays):
-    history = trained_unet.history
-    baseline = _mean_mask_dice(real_arrays)
-    assert baseline < FLOOR - 0.1
-    assert history.val_dice_coef.max() > FLOOR
-    assert history.val_dice_coef.max() > history.val_dice_coef.iloc[0] + 0.2
-    assert history.loss.iloc[-1] < history.loss.iloc[0] / 2
+def test_training_learns_from_real_slices(unet_training, real_arrays):
+    history = unet_training[1]
+    assert _mean_mask_dice(real_arrays) < FLOOR - 0.1
+    assert max(history["val_dice_coef"]) > FLOOR
+    assert max(history["val_dice_coef"]) > history["val_dice_coef"][0] + 0.2
+    assert history["loss"][-1] < history["loss"][0] / 2
 
 
-def test_training_on_shuffled_labels_stays_below_the_floor(real_arrays, tmp_path):
+def test_training_on_shuffled_labels_stays_below_the_floor(real_arrays):
     shuffled = dict(real_arrays)
     shuffled["y_train"] = real_arrays["y_train"][np.random.default_rng(0).permutation(len(real_arrays["y_train"]))]
-    result = train_model(lambda: unet(64, 8), shuffled, QUICK_PREPROCESSING, name="shuffled", output_dir=tmp_path,
-                         epochs=8, batch_size=8, learning_rate=1e-3, seed=0)
-    assert result.history.val_dice_coef.max() < FLOOR
+    _, history = train_unet(shuffled)
+    assert max(history["val_dice_coef"]) < FLOOR
 
 
-def test_training_records(trained_unet):
-    record = trained_unet.record
-    model_file = record["model_file"]
-    saved = json.loads(open(model_file.replace(".keras", ".json")).read())
-    assert saved == json.loads(json.dumps(record, default=str))
-    for key in ("img_size", "hu_min", "hu_max", "epochs", "batch_size", "seed", "data_source", "best_epoch",
-                "best_val_iou", "best_val_dice", "seconds_per_epoch", "training_seconds", "device", "versions"):
-        assert key in record, key
-    history = trained_unet.history
-    assert record["best_val_iou"] == pytest.approx(history.val_iou_coef.max())
+QUICK = {"IMG_SIZE": 64, "EPOCHS": 3, "BATCH_SIZE": 16, "BASE_FILTERS": 4, "LEARNING_RATE": 3e-3}
+
+
+def test_the_training_cells_of_03_keep_the_best_epoch_with_its_record(real_arrays, tmp_path):
+    output = write_training_inputs(real_arrays, tmp_path / "out")
+    namespace = run_cells("03_unet", {**QUICK, "OUTPUT_DIR": str(output)})
+    models = output / "models"
+    record = json.loads((models / "unet.json").read_text())
+    history = pd.read_csv(models / "unet_history.csv")
+    assert len(history) == 3 and (history.seconds > 0).all()
     assert record["best_epoch"] == int(history.val_iou_coef.idxmax()) + 1
-    assert not list(Path(model_file).parent.glob("*in-progress*"))
-    reloaded = keras.saving.load_model(model_file)
-    x = np.random.default_rng(0).random((2, 64, 64, 1), np.float32)
-    np.testing.assert_array_equal(reloaded.predict(x, verbose=0), trained_unet.model.predict(x, verbose=0))
+    assert record["best_val_iou"] == pytest.approx(history.val_iou_coef.max())
+    for key in ("img_size", "hu_min", "hu_max", "epochs", "batch_size", "learning_rate", "seed", "base_filters",
+                "data_source", "seconds_per_epoch", "training_seconds", "device", "versions", "parameters"):
+        assert key in record, key
+    assert record["training_slices"] == list(real_arrays["names_train"])
+    assert record["validation_slices"] == list(real_arrays["names_val"])
+    assert not list(models.glob("*in-progress*"))
+    # The saved model is the best epoch's: its validation IoU is the recorded one.
+    reloaded = keras.saving.load_model(models / "unet.keras")
+    scores = reloaded.evaluate(real_arrays["x_val"], real_arrays["y_val"], batch_size=QUICK["BATCH_SIZE"], verbose=0,
+                               return_dict=True)
+    assert scores["iou_coef"] == pytest.approx(record["best_val_iou"], abs=1e-4)
+    assert namespace["model"].count_params() == record["parameters"]
 
 
-def test_interrupted_training_leaves_the_previous_model(real_arrays, tmp_path, monkeypatch):
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / "unet.keras").write_bytes(b"the model of an earlier, complete run")
+def _earlier_run(models):
+    models.mkdir(parents=True)
+    earlier = {"unet.keras": b"the model of an earlier, complete run", "unet_history.csv": b"epoch,loss\n0,0.1\n",
+               "unet.json": b'{"model": "unet"}'}
+    for name, content in earlier.items():
+        (models / name).write_bytes(content)
+    return earlier
+
+
+def test_an_interrupted_run_leaves_the_previous_model_history_and_record(real_arrays, tmp_path, monkeypatch):
+    output = write_training_inputs(real_arrays, tmp_path / "out")
+    earlier = _earlier_run(output / "models")
 
     class Interrupt(keras.callbacks.CSVLogger):
         def on_epoch_end(self, epoch, logs=None):
@@ -75,43 +89,39 @@ def test_interrupted_training_leaves_the_previous_model(real_arrays, tmp_path, m
             if epoch == 1:
                 raise KeyboardInterrupt
 
-    monkeypatch.setattr(training.keras.callbacks, "CSVLogger", Interrupt)
+    monkeypatch.setattr(keras.callbacks, "CSVLogger", Interrupt)
     with pytest.raises(KeyboardInterrupt):
-        train_model(lambda: unet(64, 4), real_arrays, QUICK_PREPROCESSING, name="unet", output_dir=tmp_path,
-                    epochs=5, batch_size=16, learning_rate=1e-3, seed=0)
-    assert (models / "unet.keras").read_bytes() == b"the model of an earlier, complete run"
-    assert keras.saving.load_model(models / "unet.in-progress.keras")  # the best so far, complete
-    assert not list(models.glob("*.partial*"))
+        run_cells("03_unet", {**QUICK, "EPOCHS": 5, "OUTPUT_DIR": str(output)})
+    for name, content in earlier.items():
+        assert (output / "models" / name).read_bytes() == content, name
+    assert keras.saving.load_model(output / "models" / "unet.in-progress.keras")  # the best so far, complete
 
 
-def test_bad_training_settings():
-    with pytest.raises(LungsegError, match="EPOCHS=0"):
-        check_training_settings(0, 8, 256, 16)
-    with pytest.raises(LungsegError, match="BATCH_SIZE=-1"):
-        check_training_settings(5, -1, 256, 16)
+def test_a_run_whose_loss_becomes_nan_stops_and_keeps_the_previous_model(real_arrays, tmp_path):
+    broken = dict(real_arrays)
+    broken["x_train"] = real_arrays["x_train"].copy()
+    broken["x_train"][:, :10, :10] = np.nan  # e.g. a float TIFF with a NaN patch
+    output = write_training_inputs(broken, tmp_path / "out")
+    earlier = _earlier_run(output / "models")
+    with pytest.raises(LungsegError, match="loss became NaN.*earlier unet.keras is kept"):
+        run_cells("03_unet", {**QUICK, "EPOCHS": 5, "OUTPUT_DIR": str(output)})
+    for name, content in earlier.items():
+        assert (output / "models" / name).read_bytes() == content, name
+    assert not list((output / "models").glob("*in-progress*"))
+
+
+@pytest.mark.parametrize("name, value, settings", [
+    ("EPOCHS", 0, (0, 8, 256, 8, 3e-3)), ("EPOCHS", 1.5, (1.5, 8, 256, 8, 3e-3)),
+    ("BATCH_SIZE", -1, (5, -1, 256, 8, 3e-3)), ("BASE_FILTERS", 0, (5, 8, 256, 0, 3e-3)),
+    ("LEARNING_RATE", -1, (5, 8, 256, 8, -1)), ("LEARNING_RATE", "abc", (5, 8, 256, 8, "abc"))])
+def test_bad_training_settings_name_the_parameter(name, value, settings):
+    with pytest.raises(LungsegError, match=f"{name}={value!r}"):
+        check_training_settings(*settings)
 
 
 def test_batch_too_large_for_cpu_memory(monkeypatch):
-    monkeypatch.setattr(training, "available_memory_gb", lambda: 4.0)
-    monkeypatch.setattr(training.tf.config, "list_physical_devices", lambda kind=None: [])
+    monkeypatch.setattr(checks, "available_memory_gb", lambda: 4.0)
+    monkeypatch.setattr(checks.tf.config, "list_physical_devices", lambda kind=None: [])
     with pytest.raises(LungsegError, match=r"BATCH_SIZE=512 .* needs about \d+\.\d GB .* only 4.0 GB"):
         check_training_settings(5, 512, 512, 32)
     check_training_settings(5, 8, 256, 16)  # the defaults fit easily
-
-
-def test_missing_outputs_of_02_are_named(tmp_path):
-    with pytest.raises(LungsegError, match=r"preprocess.json is missing: run notebooks/02_preprocess"):
-        load_training_inputs(tmp_path, 256)
-
-
-def test_arrays_of_the_wrong_size_or_type(tmp_path):
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "preprocess.json").write_text("{}")
-    good = {f"x_{s}": np.zeros((2, 32, 32, 1), np.float32) for s in ("train", "val", "test")}
-    good |= {f"y_{s}": np.zeros((2, 32, 32, 1), np.uint8) for s in ("train", "val", "test")}
-    np.savez(tmp_path / "data" / "arrays.npz", **good)
-    with pytest.raises(LungsegError, match="images are 32 px but IMG_SIZE=64.*Re-run notebooks/02_preprocess"):
-        load_training_inputs(tmp_path, 64)
-    np.savez(tmp_path / "data" / "arrays.npz", **(good | {"x_val": np.zeros((2, 32, 32, 1), np.float64)}))
-    with pytest.raises(LungsegError, match="x_val is float64"):
-        load_training_inputs(tmp_path, 32)
