@@ -133,7 +133,16 @@ def read_slice(path, *, png_hu_offset: int = PNG_HU_OFFSET) -> np.ndarray:
         raise LungsegError(f"{path}: a colour image {array.shape}; a CT slice has one channel in HU.")
     if array.ndim != 2:
         raise LungsegError(f"{path}: expected one 2-D slice, got an array of shape {array.shape}.")
+    check_finite(array, path)
     return array
+
+
+def check_finite(image: np.ndarray, name) -> None:
+    """NaN or infinite pixels would train a model into NaN and predict empty masks: refuse them."""
+    bad = np.size(image) - np.count_nonzero(np.isfinite(image))
+    if bad:
+        raise LungsegError(f"{name}: {bad} pixels are not finite (NaN or infinite). Re-export the slice, or "
+                           "replace them (e.g. with -1024 HU, air) before using it.")
 
 
 def read_mask(path) -> np.ndarray:
@@ -152,6 +161,7 @@ def check_hu(image: np.ndarray, name) -> None:
     if image.dtype in (np.uint8, np.int8, bool):
         raise LungsegError(f"{name}: an 8-bit image cannot hold Hounsfield units (HU). Export the slice as "
                            "int16 TIFF, 16-bit PNG holding HU+1024, or DICOM.")
+    check_finite(image, name)
     low, high = float(np.min(image)), float(np.max(image))
     if low > -500 or high < -200:
         raise LungsegError(f"{name}: values {low:.0f}..{high:.0f} do not look like a CT slice in HU (expected air "
@@ -375,10 +385,13 @@ def load_trained_model(path):
 def predict_probabilities(model, slices_hu, settings: dict, batch_size: int = 8) -> list:
     """Lung probability maps at each slice's own size. ``slices_hu``: one 2-D array in HU, or a
     list / 3-D array of them; ``settings``: the model's record (img_size, hu_min, hu_max)."""
-    slices = [slices_hu] if np.ndim(slices_hu) == 2 else list(slices_hu)
+    slices = [slices_hu] if _one_slice(slices_hu) else list(slices_hu)
     if not slices:
         raise LungsegError("No slices given to predict on.")
     for index, image in enumerate(slices):
+        if np.ndim(image) != 2 or min(np.shape(image)) < 16:  # e.g. an (H, W, 3) image read as H slices
+            raise LungsegError(f"slice {index} has shape {np.shape(image)}: give 2-D slices in HU with one channel, "
+                               "(H, W), as one array, a list of them (any sizes) or a 3-D array (N, H, W).")
         check_hu(np.asarray(image), f"slice {index}")
     batch = np.stack([preprocess_slice(np.asarray(s), settings["img_size"], settings["hu_min"], settings["hu_max"])
                       for s in slices])[..., None]
@@ -393,7 +406,11 @@ def predict_masks(model, slices_hu, settings: dict, threshold: float = 0.5, post
     masks = [(p >= threshold).astype(np.uint8) for p in predict_probabilities(model, slices_hu, settings, batch_size)]
     if postprocess:
         masks = [clean_mask(m) for m in masks]
-    return masks[0] if np.ndim(slices_hu) == 2 else masks
+    return masks[0] if _one_slice(slices_hu) else masks
+
+
+def _one_slice(slices_hu) -> bool:
+    return isinstance(slices_hu, np.ndarray) and slices_hu.ndim == 2
 
 
 def overlap_scores(truth: np.ndarray, prediction: np.ndarray) -> dict:

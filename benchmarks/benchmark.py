@@ -117,9 +117,9 @@ def run_seed(seed: int, parameters: dict, output_dir: str, publish: bool) -> dic
         }
     return {"seed": seed, "pipeline_seconds": pipeline_seconds, "models": per_model,
             "paired_dice_unet_minus_resunet": evaluation["paired_dice"], "test_slices": evaluation["test_slices"],
-            "device": record["device"], "settings": {k: record[k] for k in (
+            "device": record["device"], "settings": {k: record.get(k) for k in (
                 "img_size", "hu_min", "hu_max", "epochs", "batch_size", "learning_rate", "base_filters",
-                "augmentation", "split", "split_seed")}, "versions": record["versions"]}
+                "augmentation", "split", "split_seed", "split_method")}, "versions": record["versions"]}
 
 
 def print_table(benchmark: dict) -> None:

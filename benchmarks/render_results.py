@@ -148,18 +148,29 @@ def _seeds(benchmark: dict, seeds: set[int], label: str) -> dict:
 
 def render() -> str:
     default = json.loads((RESULTS / "benchmark.json").read_text())
+    defaults = default["runs"][0]["settings"]
     others = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("benchmark-*.json"))]
+    same_split = [b for b in others if b["runs"][0]["settings"].get("split_method") == defaults.get("split_method")]
+    earlier_split = [b for b in others if b not in same_split]
     lines = main_table(default)
-    if others:
+    if same_split:
         lines += ["Ablation (CPU; per-slice Dice at native resolution on the same test split, mean ± std over seeds "
                   "where there are several; compare rows with the same seeds). The validation Dice is that of the "
                   "best epoch on the 33 validation slices at model resolution: a second, independent set of slices, "
                   "though slightly optimistic because it also chose the epoch.", ""]
-        rows = [default, _seeds(default, {0}, "default, seed 0 only")]
-        lines += ablation_table(rows + others, default["runs"][0]["settings"])
-        lines += ["", "Each row repeats under the current defaults with (DATA: the folder of real slices; a row "
-                  "measured under earlier defaults keeps its original command in its JSON file):", ""]
-        lines += [f"    {repeat_command(benchmark, default['runs'][0]['settings'])}" for benchmark in others]
+        lines += ablation_table([default, _seeds(default, {0}, "default, seed 0 only")] + same_split, defaults)
+        lines += ["", "Each row repeats under the current defaults with (DATA: the folder of real slices):", ""]
+        lines += [f"    {repeat_command(benchmark, defaults)}" for benchmark in same_split
+                  if not benchmark.get("code")]
+        lines += [f"    {benchmark['label']}: {benchmark['code']}" for benchmark in same_split if benchmark.get("code")]
+    if earlier_split:
+        reference = next((b for b in earlier_split if b["label"].endswith("default")), earlier_split[0])
+        lines += ["", "Measured on the previous split (a permutation of the names by NumPy, seed 0; its own 33 "
+                  "test slices, of which 4 are test slices now): compare these rows with each other, not with the "
+                  "tables above. Each was measured at the commit its JSON file names, with the command it records.",
+                  ""]
+        lines += ablation_table([reference] + [b for b in earlier_split if b is not reference],
+                                reference["runs"][0]["settings"])
     return "\n".join(lines)
 
 

@@ -208,7 +208,16 @@ def read_slice(path, *, png_hu_offset: int = PNG_HU_OFFSET) -> np.ndarray:
         raise LungsegError(f"{path}: a colour image {array.shape}; a CT slice has one channel in HU.")
     if array.ndim != 2:
         raise LungsegError(f"{path}: expected one 2-D slice, got an array of shape {array.shape}.")
+    check_finite(array, path)
     return array
+
+
+def check_finite(image: np.ndarray, name) -> None:
+    """NaN or infinite pixels would train a model into NaN and predict empty masks: refuse them."""
+    bad = np.size(image) - np.count_nonzero(np.isfinite(image))
+    if bad:
+        raise LungsegError(f"{name}: {bad} pixels are not finite (NaN or infinite). Re-export the slice, or "
+                           "replace them (e.g. with -1024 HU, air) before using it.")
 
 
 def read_mask(path) -> np.ndarray:
@@ -227,6 +236,7 @@ def check_hu(image: np.ndarray, name) -> None:
     if image.dtype in (np.uint8, np.int8, bool):
         raise LungsegError(f"{name}: an 8-bit image cannot hold Hounsfield units (HU). Export the slice as "
                            "int16 TIFF, 16-bit PNG holding HU+1024, or DICOM.")
+    check_finite(image, name)
     low, high = float(np.min(image)), float(np.max(image))
     if low > -500 or high < -200:
         raise LungsegError(f"{name}: values {low:.0f}..{high:.0f} do not look like a CT slice in HU (expected air "

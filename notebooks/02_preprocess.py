@@ -210,6 +210,7 @@ temporary = arrays_path.with_name("arrays.partial.npz")
 np.savez(temporary, **arrays)
 temporary.replace(arrays_path)
 settings = {"img_size": IMG_SIZE, "hu_min": HU_MIN, "hu_max": HU_MAX, "split": SPLIT, "split_seed": SPLIT_SEED,
+            "split_method": "train_test_split",
             "augmentation": augmentation, "data_source": dataset["source"], "synthetic": dataset["synthetic"],
             "data_root": dataset["root"], "slices": {s: int(len(arrays[f"x_{s}"])) for s in ("train", "val", "test")}}
 lu.write_json(output_dir / "data" / "preprocess.json", settings)

@@ -64,7 +64,7 @@ from lungseg.runner import ensure_inputs  # runs 01 and 02 first if their output
 # The defaults train in a few minutes on 2 CPU cores (the README's Results give measured times).
 # `IMG_SIZE` is the size the slices are resized to (02 makes the arrays at this size if needed).
 
-# %%
+# %% tags=["parameters"]
 OUTPUT_DIR = "outputs"
 IMG_SIZE = 256
 EPOCHS = 25

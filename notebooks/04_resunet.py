@@ -57,7 +57,7 @@ from lungseg.runner import ensure_inputs  # runs 01 and 02 first if their output
 # ## Parameters
 # The same as `03_unet`'s, so that both models train alike.
 
-# %%
+# %% tags=["parameters"]
 OUTPUT_DIR = "outputs"
 IMG_SIZE = 256
 EPOCHS = 25

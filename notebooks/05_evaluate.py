@@ -66,7 +66,7 @@ from lungseg.runner import ensure_inputs  # runs 01 and 02 first if their output
 # empty means a demonstration on three test slices. `PREDICT_MODEL`: `"unet"`, `"resunet"`, or
 # empty for the one with the better test Dice.
 
-# %%
+# %% tags=["parameters"]
 OUTPUT_DIR = "outputs"
 MODELS_DIR = ""
 MODELS = ["unet", "resunet"]
@@ -149,10 +149,13 @@ print(f"test slices: {len(names)}, shapes: {sorted({m.shape for m in masks})}")
 def predict_probabilities(model, slices_hu, settings: dict, batch_size: int = 8) -> list:
     """Lung probability maps at each slice's own size. ``slices_hu``: one 2-D array in HU, or a
     list / 3-D array of them; ``settings``: the model's record (img_size, hu_min, hu_max)."""
-    slices = [slices_hu] if np.ndim(slices_hu) == 2 else list(slices_hu)
+    slices = [slices_hu] if _one_slice(slices_hu) else list(slices_hu)
     if not slices:
         raise LungsegError("No slices given to predict on.")
     for index, image in enumerate(slices):
+        if np.ndim(image) != 2 or min(np.shape(image)) < 16:  # e.g. an (H, W, 3) image read as H slices
+            raise LungsegError(f"slice {index} has shape {np.shape(image)}: give 2-D slices in HU with one channel, "
+                               "(H, W), as one array, a list of them (any sizes) or a 3-D array (N, H, W).")
         check_hu(np.asarray(image), f"slice {index}")
     batch = np.stack([preprocess_slice(np.asarray(s), settings["img_size"], settings["hu_min"], settings["hu_max"])
                       for s in slices])[..., None]
@@ -167,7 +170,11 @@ def predict_masks(model, slices_hu, settings: dict, threshold: float = 0.5, post
     masks = [(p >= threshold).astype(np.uint8) for p in predict_probabilities(model, slices_hu, settings, batch_size)]
     if postprocess:
         masks = [clean_mask(m) for m in masks]
-    return masks[0] if np.ndim(slices_hu) == 2 else masks
+    return masks[0] if _one_slice(slices_hu) else masks
+
+
+def _one_slice(slices_hu) -> bool:
+    return isinstance(slices_hu, np.ndarray) and slices_hu.ndim == 2
 
 # %% [markdown]
 # ## Scores

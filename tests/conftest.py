@@ -88,7 +88,8 @@ def train_unet(arrays, epochs=8, learning_rate=1e-3, base_filters=8, seed=0):
     model = definitions("03_unet", "conv_block", "build_unet")["build_unet"](64, base_filters)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=lu.bce_dice_loss, metrics=[lu.dice_coef, lu.iou_coef])
     history = model.fit(lu.make_dataset(arrays["x_train"], arrays["y_train"], 8, training=True, seed=seed),
-                        validation_data=lu.make_dataset(arrays["x_val"], arrays["y_val"], 8), epochs=epochs, verbose=0)
+                        validation_data=lu.make_dataset(arrays["x_val"], arrays["y_val"], 8), epochs=epochs, verbose=0,
+                        shuffle=False)
     return model, history.history
 
 

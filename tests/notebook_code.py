@@ -42,10 +42,12 @@ def run_cells(stem: str, parameters: dict, stop_after: str | None = None) -> dic
 
     matplotlib.use("Agg")
     namespace: dict = {}
+    cells = code_cells(stem)
+    assert sum("parameters" in cell.metadata.get("tags", []) for cell in cells) == 1, f"{stem}: no parameters cell"
     cwd = os.getcwd()
     os.chdir(NOTEBOOKS)
     try:
-        for cell in code_cells(stem):
+        for cell in cells:
             exec(compile(cell.source, f"<{stem}>", "exec"), namespace)
             if "parameters" in cell.metadata.get("tags", []):
                 unknown = set(parameters) - namespace.keys()

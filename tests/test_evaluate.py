@@ -162,3 +162,28 @@ def test_predict_folder_with_tiff_png_and_refusals(trained_unet, real_data, real
     empty.mkdir()
     with pytest.raises(LungsegError, match="holds no"):
         predict_folder(model, settings, empty, tmp_path / "predictions")
+
+
+def test_slices_with_nan_are_refused_where_they_enter(trained_unet, real_data, real_names, tmp_path):
+    """A float TIFF in HU with a NaN patch: refused by the reader and by inference, naming the count."""
+    import tifffile
+
+    image = read_slice(real_data / "2d_images" / real_names[0]).astype(np.float32)
+    image[:10, :10] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", image)
+    with pytest.raises(LungsegError, match="nan.tif: 100 pixels are not finite"):
+        read_slice(tmp_path / "nan.tif")
+    with pytest.raises(LungsegError, match="slice 0: 100 pixels are not finite"):
+        predict_masks(*trained_unet[:1], image, trained_unet[1])
+
+
+def test_predict_masks_takes_the_documented_forms_and_refuses_others(trained_unet, real_data, real_names):
+    model, settings = trained_unet
+    image = read_slice(real_data / "2d_images" / real_names[0])
+    ragged = [image, image[40:460, 10:500], image[:256, :256]]  # slices of different sizes
+    masks = predict_masks(model, ragged, settings)
+    assert [m.shape for m in masks] == [s.shape for s in ragged]
+    assert len(predict_masks(model, np.stack([image, image]), settings)) == 2  # (N, H, W)
+    assert predict_masks(model, image, settings).shape == image.shape  # one slice in, one mask out
+    with pytest.raises(LungsegError, match=r"slice 0 has shape \(512, 3\): give 2-D slices in HU with one channel"):
+        predict_masks(model, np.repeat(image[..., None], 3, axis=-1), settings)  # an RGB-like (H, W, 3) array
