@@ -66,6 +66,45 @@ class _Progress:
         pass
 
 
+def declared_defaults(notebook) -> dict:
+    """The parameters cell's names and their default values (literals)."""
+    for cell in notebook.cells:
+        if "parameters" in cell.metadata.get("tags", []):
+            return {t.id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body
+                    if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+    return {}
+
+
+def check_parameters(given: dict, only=None) -> None:
+    """Every ``-p NAME VALUE`` must be declared by a selected notebook, with a value of its default's type.
+    Raises SystemExit with a message naming the parameter (and close matches for a misspelt name)."""
+    import difflib
+
+    import jupytext
+
+    defaults = {}
+    for source in notebook_sources(only):
+        defaults.update(declared_defaults(jupytext.read(source)))
+    for name, value in given.items():
+        if name not in defaults:
+            close = difflib.get_close_matches(name, defaults, n=3, cutoff=0.6)
+            hint = f" Did you mean {' or '.join(close)}?" if close else ""
+            raise SystemExit(f"-p {name}: no selected notebook has this parameter.{hint} "
+                             f"Parameters: {', '.join(sorted(defaults))}.")
+        default = defaults[name]
+        if isinstance(default, bool) or isinstance(value, bool):
+            fits = isinstance(value, bool) and isinstance(default, bool)
+        elif isinstance(default, int):
+            fits = isinstance(value, int)
+        elif isinstance(default, float):
+            fits = isinstance(value, (int, float))
+        else:
+            fits = isinstance(value, type(default))
+        if not fits:
+            raise SystemExit(f"-p {name} {value!r}: expected {type(default).__name__} like the default "
+                             f"{default!r}, got {type(value).__name__}.")
+
+
 def run_pipeline(parameters: dict, output_dir: str = "outputs", only=None, prepare_only: bool = False,
                  log=print) -> list[Path]:
     """Execute (or, with ``prepare_only``, only parameterise) the notebooks; return the output paths.
@@ -176,6 +215,9 @@ def main(argv=None) -> int:
                         help="after a successful run, copy the executed notebooks (with outputs) into notebooks/")
     args = parser.parse_args(argv)
     parameters = {**(QUICK if args.quick else {}), **{k: parse_value(v) for k, v in args.parameter}}
+    if args.only:
+        args.only = [number.zfill(2) for number in args.only]  # --only 3 means 03
+    check_parameters({k: parse_value(v) for k, v in args.parameter}, args.only)
     if args.publish and (parameters or args.output_dir != "outputs"):
         parser.error("--publish runs the defaults only (no --quick, -p or --output-dir); "
                      "give the data folder through LUNGSEG_DATA_DIR")

@@ -193,3 +193,19 @@ def test_no_import_circles_among_the_benchmark_scripts():
     assert "render_results" in imports["benchmark"] and "benchmark" not in imports["render_results"]
     assert "lungseg" not in {name for name in ast.parse(build_utils.build()).body
                              for name in ([a.name for a in name.names] if isinstance(name, ast.Import) else [])}
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["-p", "DATA_SOUCE", "synthetic"], "-p DATA_SOUCE: no selected notebook has this parameter. Did you mean DATA_SOURCE?"),
+    (["-p", "EPOCH", "5"], "Did you mean EPOCHS?"),
+    (["--only", "01", "-p", "EPOCHS", "5"], "-p EPOCHS: no selected notebook has this parameter."),
+    (["-p", "SPLIT", "0.7,0.15,0.15"], "-p SPLIT (0.7, 0.15, 0.15): expected list"),
+    (["-p", "LEARNING_RATE", "abc"], "-p LEARNING_RATE 'abc': expected float"),
+    (["-p", "IMG_SIZE", "64.0"], "-p IMG_SIZE 64.0: expected int"),
+    (["-p", "EPOCHS", "1.5"], "-p EPOCHS 1.5: expected int"),
+])
+def test_misspelt_or_mistyped_parameters_stop_the_runner_before_anything_runs(arguments, message, tmp_path):
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        runner.main(arguments + ["--output-dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    assert runner.main(["--only", "3", "--prepare-only", "-p", "EPOCHS", "5", "--output-dir", str(tmp_path / "ok")]) == 0
