@@ -54,7 +54,8 @@ def main_table(benchmark: dict) -> list[str]:
         f"{settings['img_size']} px, {settings['epochs']} epochs, batch {settings['batch_size']}, "
         f"{settings['base_filters']} base filters, learning rate {settings['learning_rate']} (cosine decay), "
         f"HU window {settings['hu_min']}..{settings['hu_max']}, augmentation {describe_augmentation(settings['augmentation'])}, "
-        f"split {settings['split']} (seed {settings['split_seed']}).",
+        f"split {settings['split']} (seed {settings['split_seed']}"
+        + (f", {settings['split_method']}" if settings.get("split_method") else "") + ").",
         "",
         "| | Dice (per slice) | IoU (per slice) | worst slice Dice | pooled Dice | HD95 (mm) | Dice + post-processing | parameters | s/epoch | training s | slices/s (batch 1 / batched) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -159,10 +160,12 @@ def render() -> str:
                   "best epoch on the 33 validation slices at model resolution: a second, independent set of slices, "
                   "though slightly optimistic because it also chose the epoch.", ""]
         lines += ablation_table([default, _seeds(default, {0}, "default, seed 0 only")] + same_split, defaults)
-        lines += ["", "Each row repeats under the current defaults with (DATA: the folder of real slices):", ""]
-        lines += [f"    {repeat_command(benchmark, defaults)}" for benchmark in same_split
-                  if not benchmark.get("code")]
-        lines += [f"    {benchmark['label']}: {benchmark['code']}" for benchmark in same_split if benchmark.get("code")]
+        repeatable = [benchmark for benchmark in same_split if not benchmark.get("code")]
+        if repeatable:
+            lines += ["", "Each row repeats under the current defaults with (DATA: the folder of real slices):", ""]
+            lines += [f"    {repeat_command(benchmark, defaults)}" for benchmark in repeatable]
+        lines += ["", *[f"Row {benchmark['label']}: {benchmark['code']}." for benchmark in same_split
+                        if benchmark.get("code")]]
     if earlier_split:
         reference = next((b for b in earlier_split if b["label"].endswith("default")), earlier_split[0])
         lines += ["", "Measured on the previous split (a permutation of the names by NumPy, seed 0; its own 33 "
