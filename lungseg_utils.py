@@ -379,7 +379,9 @@ def load_trained_model(path):
         if not needed.is_file():
             raise LungsegError(f"{needed} is missing: train the model first (notebooks 03_unet / 04_resunet), "
                                "or use the committed models in the repository's models/ folder.")
-    return keras.saving.load_model(path), json.loads(path.with_suffix(".json").read_text())
+    model = keras.saving.load_model(path, compile=False)  # for inference and scoring: no optimizer state
+    model.compile(loss=bce_dice_loss, metrics=[dice_coef, iou_coef])
+    return model, json.loads(path.with_suffix(".json").read_text())
 
 
 def predict_probabilities(model, slices_hu, settings: dict, batch_size: int = 8) -> list:

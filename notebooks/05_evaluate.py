@@ -41,8 +41,8 @@ sys.path.insert(0, str(REPO_ROOT))  # for lungseg_utils.py and lungseg/
 
 # %%
 import lungseg_utils as lu  # first: it also quiets TensorFlow's start-up messages
-from lungseg_utils import (IMAGE_SUFFIXES, LungsegError, check_hu, preprocess_slice, read_slice,  # used by this
-                           resize_image, window_hu)  # notebook's #@save cells; saved in 01 and 02
+from lungseg_utils import (IMAGE_SUFFIXES, LungsegError, bce_dice_loss, check_hu, dice_coef,  # used by this
+                           iou_coef, preprocess_slice, read_slice, resize_image, window_hu)  # notebook's #@save cells
 
 import json
 import numbers
@@ -89,7 +89,9 @@ def load_trained_model(path):
         if not needed.is_file():
             raise LungsegError(f"{needed} is missing: train the model first (notebooks 03_unet / 04_resunet), "
                                "or use the committed models in the repository's models/ folder.")
-    return keras.saving.load_model(path), json.loads(path.with_suffix(".json").read_text())
+    model = keras.saving.load_model(path, compile=False)  # for inference and scoring: no optimizer state
+    model.compile(loss=bce_dice_loss, metrics=[dice_coef, iou_coef])
+    return model, json.loads(path.with_suffix(".json").read_text())
 
 # %%
 output_dir = REPO_ROOT / OUTPUT_DIR
