@@ -170,6 +170,10 @@ def ensure_inputs(notebook: str, output_dir: str = "outputs", img_size: int | No
         print(f"{data} lacks the inputs of {notebook}: running {names} first, with their defaults"
               + (f" and IMG_SIZE={img_size}" if img_size and "02" in needed else "") + ".", flush=True)
         run_pipeline({"IMG_SIZE": img_size} if img_size else {}, output_dir, only=needed, log=lambda *a, **k: None)
+        if json.loads((data / "dataset.json").read_text()).get("synthetic"):
+            print("NOTE: 01 found no real data (no DATA_DIR, $LUNGSEG_DATA_DIR or Kaggle credentials), so this run "
+                  "uses SYNTHETIC phantoms, not real CT. Set LUNGSEG_DATA_DIR, or run 01 with DATA_SOURCE='kaggle'.",
+                  flush=True)
 
 
 NOTEBOOK_NAMES = {"01": "01_download", "02": "02_preprocess"}

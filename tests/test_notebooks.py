@@ -209,3 +209,16 @@ def test_misspelt_or_mistyped_parameters_stop_the_runner_before_anything_runs(ar
         runner.main(arguments + ["--output-dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
     assert runner.main(["--only", "3", "--prepare-only", "-p", "EPOCHS", "5", "--output-dir", str(tmp_path / "ok")]) == 0
+
+
+def test_a_notebook_alone_without_data_says_it_uses_synthetic_phantoms(tmp_path, monkeypatch, capsys):
+    if (REPO_ROOT / "data" / "finding-lungs-in-ct-data").exists():
+        pytest.skip("data/finding-lungs-in-ct-data exists in this checkout: 01 would use it")
+    for variable in ("LUNGSEG_DATA_DIR", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.kaggle
+    runner.ensure_inputs("02", str(tmp_path / "out"))
+    said = capsys.readouterr().out
+    assert "running 01_download first" in said and "SYNTHETIC phantoms, not real CT" in said
+    assert json.loads((tmp_path / "out" / "data" / "dataset.json").read_text())["synthetic"] is True
