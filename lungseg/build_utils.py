@@ -4,14 +4,11 @@ The notebooks are the one source of the code they teach. A cell whose first line
 is also needed elsewhere (by a later notebook, by a saved model that needs its loss to load, by
 the tests and the benchmark), so it is copied, unchanged and in notebook order, into
 ``lungseg_utils.py``. Never edit that file by hand: edit the cell, then run
-
-    python -m lungseg.build_utils          # rewrite lungseg_utils.py
-    python -m lungseg.build_utils --check  # exit 1 if it differs from the cells (a test does this)
+``python -m lungseg.build_utils`` (a test fails while the file differs from the cells).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -92,18 +89,8 @@ def build(notebooks_dir: Path = NOTEBOOKS) -> str:
     return "".join(parts).rstrip("\n") + "\n"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="only check that lungseg_utils.py is up to date")
-    args = parser.parse_args(argv)
-    text = build()
-    if args.check:
-        if not TARGET.is_file() or TARGET.read_text() != text:
-            print(f"{TARGET.name} differs from the notebooks' {MARK} cells: run  python -m lungseg.build_utils",
-                  file=sys.stderr)
-            return 1
-        return 0
-    TARGET.write_text(text)
+def main() -> int:
+    TARGET.write_text(build())
     print(f"wrote {TARGET} from {len(saved_cells())} {MARK} cells")
     return 0
 

@@ -39,14 +39,24 @@ def notebook_sources(only=None) -> list[Path]:
     return sources
 
 
-def declared_parameters(notebook) -> set[str]:
-    """Names assigned in the cell tagged 'parameters'."""
+def declared_defaults(notebook) -> dict:
+    """Names assigned in the cell tagged 'parameters', with their default values (None where the
+    default is not a plain literal, e.g. an expression)."""
+    def literal(node):
+        try:
+            return ast.literal_eval(node)
+        except ValueError:
+            return None
+
     for cell in notebook.cells:
         if "parameters" in cell.metadata.get("tags", []):
-            tree = ast.parse(cell.source)
-            return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
-                    if isinstance(t, ast.Name)}
-    return set()
+            return {t.id: literal(node.value) for node in ast.parse(cell.source).body
+                    if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+    return {}
+
+
+def declared_parameters(notebook) -> set[str]:
+    return set(declared_defaults(notebook))
 
 
 class _Progress:
@@ -66,15 +76,6 @@ class _Progress:
         pass
 
 
-def declared_defaults(notebook) -> dict:
-    """The parameters cell's names and their default values (literals)."""
-    for cell in notebook.cells:
-        if "parameters" in cell.metadata.get("tags", []):
-            return {t.id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body
-                    if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
-    return {}
-
-
 def check_parameters(given: dict, only=None) -> None:
     """Every ``-p NAME VALUE`` must be declared by a selected notebook, with a value of its default's type.
     Raises SystemExit with a message naming the parameter (and close matches for a misspelt name)."""
@@ -92,6 +93,8 @@ def check_parameters(given: dict, only=None) -> None:
             raise SystemExit(f"-p {name}: no selected notebook has this parameter.{hint} "
                              f"Parameters: {', '.join(sorted(defaults))}.")
         default = defaults[name]
+        if default is None:  # not a literal: nothing to compare the type with
+            continue
         if isinstance(default, bool) or isinstance(value, bool):
             fits = isinstance(value, bool) and isinstance(default, bool)
         elif isinstance(default, int):
@@ -160,13 +163,14 @@ def ensure_inputs(notebook: str, output_dir: str = "outputs", img_size: int | No
     needed = [] if (data / "dataset.json").is_file() and (data / "pairs.csv").is_file() else ["01"]
     if notebook in ("03", "04"):
         settings = data / "preprocess.json"
-        fits = (data / "arrays.npz").is_file() and settings.is_file() and \
+        arrays_fit = (data / "arrays.npz").is_file() and settings.is_file() and \
             json.loads(settings.read_text()).get("img_size") == img_size
-        needed += [] if fits and not needed else ["02"]
+        if needed or not arrays_fit:
+            needed.append("02")
     elif notebook == "05" and (needed or not (data / "split_manifest.csv").is_file()):
         needed.append("02")
     if needed:
-        names = " and ".join(NOTEBOOK_NAMES[n] for n in needed)
+        names = " and ".join(source.stem for source in notebook_sources(needed))
         print(f"{data} lacks the inputs of {notebook}: running {names} first, with their defaults"
               + (f" and IMG_SIZE={img_size}" if img_size and "02" in needed else "") + ".", flush=True)
         run_pipeline({"IMG_SIZE": img_size} if img_size else {}, output_dir, only=needed, log=lambda *a, **k: None)
@@ -174,9 +178,6 @@ def ensure_inputs(notebook: str, output_dir: str = "outputs", img_size: int | No
             print("NOTE: 01 found no real data (no DATA_DIR, $LUNGSEG_DATA_DIR or Kaggle credentials), so this run "
                   "uses SYNTHETIC phantoms, not real CT. Set LUNGSEG_DATA_DIR, or run 01 with DATA_SOURCE='kaggle'.",
                   flush=True)
-
-
-NOTEBOOK_NAMES = {"01": "01_download", "02": "02_preprocess"}
 
 
 def publish(executed: list[Path]) -> None:
@@ -218,10 +219,11 @@ def main(argv=None) -> int:
     parser.add_argument("--publish", action="store_true",
                         help="after a successful run, copy the executed notebooks (with outputs) into notebooks/")
     args = parser.parse_args(argv)
-    parameters = {**(QUICK if args.quick else {}), **{k: parse_value(v) for k, v in args.parameter}}
+    given = {k: parse_value(v) for k, v in args.parameter}
     if args.only:
         args.only = [number.zfill(2) for number in args.only]  # --only 3 means 03
-    check_parameters({k: parse_value(v) for k, v in args.parameter}, args.only)
+    check_parameters(given, args.only)
+    parameters = {**(QUICK if args.quick else {}), **given}
     if args.publish and (parameters or args.output_dir != "outputs"):
         parser.error("--publish runs the defaults only (no --quick, -p or --output-dir); "
                      "give the data folder through LUNGSEG_DATA_DIR")

@@ -241,7 +241,7 @@ def clean_mask(mask, min_component_fraction: float = 0.01, max_hole_fraction: fl
 # model's own resolution, which is what the training curves show.
 
 # %%
-rows, predictions, speed = [], {}, {}
+rows, predictions, speed, at_model_size = [], {}, {}, {}
 for name, model in models.items():
     record = records[name]
     started = time.perf_counter()
@@ -251,11 +251,13 @@ for name, model in models.items():
     for post, predicted in predictions[name].items():
         rows += [{"model": name, "resolution": "native", "postprocessed": post, "name": n, **score_slice(t, p, spacing_mm)}
                  for n, t, p in zip(names, masks, predicted)]
-    size = record["img_size"]
+    size = record["img_size"]  # the slices and masks as the model saw them in training (as 02 made them)
     x = np.stack([preprocess_slice(i, size, record["hu_min"], record["hu_max"]) for i in images])[..., None]
+    y = np.stack([lu.resize_mask(m, size) for m in masks])[..., None]
+    at_model_size[name] = x, y
     small = model.predict(x, verbose=0)[..., 0] >= THRESHOLD
     rows += [{"model": name, "resolution": f"model ({size} px)", "postprocessed": False, "name": n,
-              **score_slice(lu.resize_mask(t, size), p, spacing_mm * t.shape[0] / size)} for n, t, p in zip(names, masks, small)]
+              **score_slice(t[..., 0], p, spacing_mm * m.shape[0] / size)} for n, m, t, p in zip(names, masks, y, small)]
 per_slice = pd.DataFrame(rows)
 scores = ["dice", "iou", "precision", "recall", "hd95_mm"]
 grouped = per_slice.groupby(["model", "resolution", "postprocessed"])
@@ -273,13 +275,8 @@ summary.round(4)
 # its own split.)
 
 # %%
-reference_style = {}
-for name, model in models.items():
-    size, record = records[name]["img_size"], records[name]
-    x = np.stack([preprocess_slice(i, size, record["hu_min"], record["hu_max"]) for i in images])[..., None]
-    y = np.stack([lu.resize_mask(m, size) for m in masks])[..., None]
-    reference_style[name] = model.evaluate(x, y, verbose=0, return_dict=True)
-reference_style = pd.DataFrame(reference_style).T
+reference_style = pd.DataFrame({name: model.evaluate(*at_model_size[name], verbose=0, return_dict=True)
+                                for name, model in models.items()}).T
 reference_style.round(4)
 
 # %% [markdown]
