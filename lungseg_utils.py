@@ -94,35 +94,30 @@ PNG_HU_OFFSET = -1024  # a 16-bit PNG cannot hold negative numbers: by conventio
 
 
 def read_slice(path, *, png_hu_offset: int = PNG_HU_OFFSET) -> np.ndarray:
-    """One CT slice as a 2-D array in HU: TIFF read losslessly, DICOM with RescaleSlope/Intercept
-    applied, 16-bit PNG with ``png_hu_offset`` added. Anything unreadable raises LungsegError."""
-    import cv2
+    """One CT slice as a 2-D array in HU: TIFF read losslessly, DICOM (``.dcm`` or any file with the
+    DICOM preamble) with RescaleSlope/Intercept applied, 16-bit PNG with ``png_hu_offset`` added. Anything unreadable raises LungsegError."""
     import tifffile
 
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in IMAGE_SUFFIXES:
+    if suffix not in IMAGE_SUFFIXES and not is_dicom(path):
         raise LungsegError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}.")
     try:
-        if suffix == ".dcm":
+        if is_dicom(path):
             import pydicom
 
-            dataset = pydicom.dcmread(path)
-            array = dataset.pixel_array * float(getattr(dataset, "RescaleSlope", 1.0)) + float(
-                getattr(dataset, "RescaleIntercept", 0.0))
+            array = dicom_hu(pydicom.dcmread(path))
         elif suffix == ".png":
-            array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            if array is None:
-                raise OSError("OpenCV could not decode it")
+            array = _read_with_opencv(path)
             if array.dtype == np.uint16:
                 array = array.astype(np.int32) + png_hu_offset
         else:
             try:
                 array = tifffile.imread(path)
-            except Exception:  # compressions tifffile needs imagecodecs for (LZW): OpenCV keeps the bits too
-                array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-                if array is None:
+            except ValueError as error:  # compressions tifffile needs imagecodecs for (LZW): OpenCV keeps the bits too
+                if "imagecodecs" not in str(error):
                     raise
+                array = _read_with_opencv(path)
     except Exception as error:  # tifffile, pydicom and OpenCV raise many different types
         raise LungsegError(f"{path}: unreadable or corrupt image ({type(error).__name__}: {error}). "
                            "Re-download or re-export this file, or remove it together with its mask.") from error
@@ -134,6 +129,39 @@ def read_slice(path, *, png_hu_offset: int = PNG_HU_OFFSET) -> np.ndarray:
     if array.ndim != 2:
         raise LungsegError(f"{path}: expected one 2-D slice, got an array of shape {array.shape}.")
     check_finite(array, path)
+    return array
+
+
+def is_dicom(path) -> bool:
+    """A ``.dcm`` file, or any file with the DICOM preamble (files of a series often have no suffix)."""
+    path = Path(path)
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_hu(dataset) -> np.ndarray:
+    """A DICOM image's stored values in HU: stored * RescaleSlope + RescaleIntercept."""
+    return dataset.pixel_array.astype(np.float32) * float(dataset.get("RescaleSlope") or 1) + float(
+        dataset.get("RescaleIntercept") or 0)
+
+
+def _read_with_opencv(path) -> np.ndarray:
+    """``cv2.imread(path, IMREAD_UNCHANGED)`` (all bits kept), without OpenCV's own log lines on a bad file."""
+    import cv2
+
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    if array is None:
+        raise OSError("OpenCV could not decode it")
     return array
 
 
@@ -379,14 +407,34 @@ def load_trained_model(path):
         if not needed.is_file():
             raise LungsegError(f"{needed} is missing: train the model first (notebooks 03_unet / 04_resunet), "
                                "or use the committed models in the repository's models/ folder.")
-    model = keras.saving.load_model(path, compile=False)  # for inference and scoring: no optimizer state
+    try:
+        record = json.loads(path.with_suffix(".json").read_text())
+        check_settings(record, path.with_suffix(".json"))
+    except ValueError as error:  # not JSON, or not a model's record
+        raise LungsegError(f"{path.with_suffix('.json')}: not a model record ({error}). It is written with the "
+                           "model by 03/04: train again, or copy both files from the repository's models/.") from None
+    try:
+        model = keras.saving.load_model(path, compile=False)  # for inference and scoring: no optimizer state
+    except Exception as error:  # Keras reports a truncated zip as "file not found", among others
+        raise LungsegError(f"{path}: cannot be loaded as a Keras model ({type(error).__name__}); the file may be "
+                           "truncated or damaged (an interrupted copy or download). Train again (03/04), or copy "
+                           "it again with its .json from the repository's models/.") from None
     model.compile(loss=bce_dice_loss, metrics=[dice_coef, iou_coef])
-    return model, json.loads(path.with_suffix(".json").read_text())
+    return model, record
+
+
+def check_settings(settings, name="settings") -> None:
+    """A model's record must say how its input was made: image size and HU window."""
+    missing = [key for key in ("img_size", "hu_min", "hu_max") if not isinstance(settings, dict) or key not in settings]
+    if missing:
+        raise LungsegError(f"{name} lacks {', '.join(missing)}: give the model's record (the .json written beside "
+                           "its .keras; load_trained_model returns it), which says how its input was made.")
 
 
 def predict_probabilities(model, slices_hu, settings: dict, batch_size: int = 8) -> list:
     """Lung probability maps at each slice's own size. ``slices_hu``: one 2-D array in HU, or a
     list / 3-D array of them; ``settings``: the model's record (img_size, hu_min, hu_max)."""
+    check_settings(settings)
     slices = [slices_hu] if _one_slice(slices_hu) else list(slices_hu)
     if not slices:
         raise LungsegError("No slices given to predict on.")
@@ -395,6 +443,10 @@ def predict_probabilities(model, slices_hu, settings: dict, batch_size: int = 8)
             raise LungsegError(f"slice {index} has shape {np.shape(image)}: give 2-D slices in HU with one channel, "
                                "(H, W), as one array, a list of them (any sizes) or a 3-D array (N, H, W).")
         check_hu(np.asarray(image), f"slice {index}")
+    return _probabilities(model, slices, settings, batch_size)
+
+
+def _probabilities(model, slices, settings: dict, batch_size: int) -> list:
     batch = np.stack([preprocess_slice(np.asarray(s), settings["img_size"], settings["hu_min"], settings["hu_max"])
                       for s in slices])[..., None]
     probabilities = model.predict(batch, batch_size=batch_size, verbose=0)[..., 0]
@@ -491,36 +543,363 @@ def lung_measurements(image_hu: np.ndarray, mask: np.ndarray, pixel_area_mm2: fl
             "pd05_hu": np.percentile(inside, 5), "pd95_hu": np.percentile(inside, 95)}
 
 
-def mask_overlay(image01: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """RGB picture of a windowed slice with the mask tinted green."""
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Scan:
+    """A CT slice or volume in HU as the model sees it: ``hu[slice, row, column]``, rows from front to
+    back, columns from the patient's right to left; with its voxel size and how to put a mask back."""
+    name: str
+    kind: str  # "slice" or "volume"
+    hu: np.ndarray
+    pixel_spacing_mm: tuple | None  # (row, column) spacing; None when the file does not say (TIFF, PNG)
+    slice_thickness_mm: np.ndarray | None = None  # per slice, from the real positions (volumes)
+    affine: np.ndarray | None = None  # the input's NIfTI affine (RAS), for the mask file
+    orientation: np.ndarray | None = None  # the input's axes, as nibabel's io_orientation gives them
+    source: str = ""
+    notes: list = field(default_factory=list)
+
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+MODEL_AXES = ("L", "P", "S")  # nibabel axis codes of (column, row, slice) as the model was trained
+
+
+def _to_model_axes(data: np.ndarray, affine: np.ndarray):
+    """Reorient a volume (array axes as its affine says) to hu[slice, row, column] in MODEL_AXES."""
+    import nibabel as nib
+
+    orientation = nib.orientations.io_orientation(affine)
+    transform = nib.orientations.ornt_transform(orientation, nib.orientations.axcodes2ornt(MODEL_AXES))
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    zooms = zooms[np.argsort(transform[:, 0])]  # in the order (column, row, slice)
+    hu = nib.orientations.apply_orientation(data, transform).transpose(2, 1, 0)
+    return hu, zooms, orientation
+
+
+def from_model_axes(mask: np.ndarray, orientation: np.ndarray) -> np.ndarray:
+    """The inverse of the reorientation: a mask[slice, row, column] back into the input's own array axes."""
+    import nibabel as nib
+
+    transform = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(MODEL_AXES), orientation)
+    return nib.orientations.apply_orientation(mask.transpose(2, 1, 0), transform)
+
+
+def read_nifti(path) -> Scan:
+    """A NIfTI volume in HU (its scaling applied), in the model's orientation whatever the file's."""
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        image = nib.load(path)
+        data = image.get_fdata(dtype=np.float32)
+    except Exception as error:
+        raise LungsegError(f"{path}: unreadable NIfTI ({type(error).__name__}: {error}). Re-export it.") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise LungsegError(f"{path}: a NIfTI of shape {data.shape}; a CT volume has three dimensions.")
+    hu, zooms, orientation = _to_model_axes(data, image.affine)
+    name = path.name[: -len(next(s for s in NIFTI_SUFFIXES if path.name.lower().endswith(s)))]
+    return Scan(name, "volume", hu, (float(zooms[1]), float(zooms[0])), np.full(hu.shape[0], float(zooms[2])),
+                image.affine, orientation, str(path))
+
+
+CT_IMAGE_STORAGE = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1")  # CT, enhanced CT
+
+
+def read_dicom_series(files, name: str) -> Scan:
+    """One DICOM series as a volume in HU. ``files``: (path, header) pairs of one Series Instance UID.
+    Localizers (scouts) are left out, slices ordered along the slice normal and spaced by their Image
+    Position (Patient), RescaleSlope/Intercept applied. One slice left: a slice, not a volume."""
+    import pydicom
+
+    notes = []
+    def frame(header):
+        return tuple(np.round(np.asarray(header.get("ImageOrientationPatient") or [1, 0, 0, 0, 1, 0], float), 3)), \
+            header.get("Rows"), header.get("Columns")
+    common = pd.Series([frame(h) for _, h in files]).value_counts().index[0]
+    kept = []
+    for path, header in files:
+        if "LOCALIZER" in [str(v).upper() for v in header.get("ImageType") or []] or frame(header) != common:
+            notes.append(f"{path}: a localizer (scout) or an image of another orientation or size: left out.")
+        else:
+            kept.append((path, header))
+    missing = [str(path) for path, header in kept if header.get("ImagePositionPatient") is None]
+    if missing and len(kept) > 1:
+        raise LungsegError(f"{missing[0]}: no Image Position (Patient), so its slices cannot be placed. Export the "
+                           "series with its geometry, or as NIfTI.")
+    row_direction, column_direction = np.array(common[0][:3]), np.array(common[0][3:])
+    normal = np.cross(row_direction, column_direction)
+    origins = np.array([np.asarray(h.get("ImagePositionPatient") or [0, 0, 0], float) for _, h in kept])
+    order = np.argsort(origins @ normal, kind="stable")
+    kept, origins = [kept[i] for i in order], origins[order]
+    positions = origins @ normal
+    gaps = np.diff(positions)
+    if len(gaps) and gaps.min() < 0.01:
+        twin = kept[int(np.argmin(gaps)) + 1][0]
+        raise LungsegError(f"{twin}: at the same position as another slice of series {name}; a series has one slice "
+                           "per position. Remove the duplicate (or choose one series with --series).")
+    if len(gaps) and gaps.max() - gaps.min() > 0.01 * np.median(gaps) + 0.01:
+        notes.append(f"{name}: uneven slice spacing ({gaps.min():.2f}..{gaps.max():.2f} mm): volumes use each "
+                     "slice's real position; the mask file's affine has the mean spacing.")
+    slices = []
+    for path, header in kept:
+        slices.append(read_slice(path))  # stored values * RescaleSlope + RescaleIntercept: HU
+    spacing = [float(v) for v in kept[0][1].get("PixelSpacing") or [1.0, 1.0]]  # (between rows, between columns)
+    if len(kept) == 1:
+        notes.append(f"{kept[0][0]}: a series of one slice: segmented as a slice.")
+        return Scan(kept[0][0].name, "slice", slices[0][None], (spacing[0], spacing[1]), source=str(kept[0][0]),
+                    notes=notes)
+    step = (origins[-1] - origins[0]) / (len(kept) - 1)
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row_direction * spacing[1], column_direction * spacing[0], step, origins[0]
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM's patient axes are LPS, NIfTI's RAS
+    hu, zooms, orientation = _to_model_axes(np.stack(slices, axis=-1).transpose(1, 0, 2), affine)
+    thickness = np.full(hu.shape[0], zooms[2])
+    if orientation[2, 0] == 2:  # axial slices: each keeps its real spacing (half the gaps to its neighbours)
+        neighbours = np.concatenate([[gaps[0]], (gaps[:-1] + gaps[1:]) / 2, [gaps[-1]]])
+        thickness = neighbours if orientation[2, 1] == 1 else neighbours[::-1]  # the model's slices go up (S)
+    return Scan(name, "volume", hu, (float(zooms[1]), float(zooms[0])), thickness, affine, orientation,
+                str(kept[0][0].parent), notes)
+
+
+NOT_HU_SUFFIXES = (".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def _refuse(message):
+    def read():
+        raise LungsegError(message)
+    return read
+
+
+def read_image_slice(path) -> Scan:
+    """A TIFF, 16-bit PNG or single DICOM slice as a one-slice Scan (DICOM knows its pixel spacing)."""
+    path = Path(path)
+    spacing = None
+    if is_dicom(path):
+        import pydicom
+
+        spacing = tuple(float(v) for v in pydicom.dcmread(path, stop_before_pixels=True).get("PixelSpacing") or []) or None
+    return Scan(path.name, "slice", read_slice(path)[None], spacing, source=str(path))
+
+
+def find_scans(input_path, series: str | None = None) -> list:
+    """The scans in ``input_path`` (a slice, a NIfTI file, or a folder of DICOM files, slices or NIfTI
+    files) as (source, read) pairs: ``read()`` returns a Scan or raises LungsegError naming the file."""
+    import pydicom
+
+    path = Path(input_path).expanduser()
+    if not path.exists():
+        raise LungsegError(f"{path} does not exist. Give a CT slice, a NIfTI file, or a folder of DICOM files or slices.")
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    scans, dicoms = [], {}
+    for file in files:
+        suffix = file.suffix.lower()
+        if file.name.lower().endswith(NIFTI_SUFFIXES):
+            scans.append((file, lambda file=file: read_nifti(file)))
+        elif is_dicom(file):
+            try:
+                header = pydicom.dcmread(file, stop_before_pixels=True)
+            except Exception as error:
+                scans.append((file, _refuse(f"{file}: unreadable DICOM ({type(error).__name__}). Re-export it.")))
+                continue
+            modality, sop_class = header.get("Modality"), str(header.get("SOPClassUID") or "")
+            if (modality and modality != "CT") or (not modality and sop_class and sop_class not in CT_IMAGE_STORAGE):
+                scans.append((file, _refuse(f"{file}: a {modality or 'non-CT'} image, not CT: the models segment CT in HU.")))
+                continue
+            dicoms.setdefault(str(header.get("SeriesInstanceUID") or "unknown"), []).append((file, header))
+        elif suffix in IMAGE_SUFFIXES:
+            scans.append((file, lambda file=file: read_image_slice(file)))
+        elif suffix in NOT_HU_SUFFIXES:
+            scans.append((file, _refuse(f"{file}: a {suffix[1:].upper()} image has 8 bits and cannot hold Hounsfield "
+                                        "units (HU). Export the CT as DICOM, NIfTI, int16 TIFF or 16-bit PNG (HU+1024).")))
+        elif path.is_file():
+            scans.append((file, _refuse(f"{file}: not a CT file lungseg reads (DICOM, NIfTI, TIFF, 16-bit PNG).")))
+    if series is not None and series not in dicoms:
+        raise LungsegError(f"--series {series}: no such series in {path}; found {', '.join(dicoms) or 'no DICOM series'}.")
+    volumes = {uid: files for uid, files in dicoms.items() if len(files) > 1}
+    if series is not None or volumes:
+        chosen = series or max(volumes, key=lambda uid: len(volumes[uid]))
+        name = path.name if path.is_dir() else path.stem
+        others = [f"{path}: also holds series {uid} ({len(files)} files), not segmented; series={uid!r} "
+                  f"(--series {uid}) chooses it." for uid, files in dicoms.items() if uid != chosen]
+
+        def read(files=dicoms[chosen]):
+            scan = read_dicom_series(files, name)
+            scan.notes += others
+            return scan
+        scans.append((path, read))
+    else:  # single DICOM slices, each its own series
+        scans += [(file, lambda file=file: read_image_slice(file)) for files in dicoms.values() for file, _ in files]
+    if not scans:
+        raise LungsegError(f"{path}: holds no CT files (DICOM, NIfTI, TIFF or 16-bit PNG). Point INPUT at a DICOM "
+                           "series folder, a NIfTI file, or a folder of slices.")
+    return scans
+
+
+def split_lungs(mask: np.ndarray) -> np.ndarray:
+    """Label a lung mask[slice, row, column] (columns from the patient's right to left): 1 right, 2 left.
+    The split column is the one with the fewest lung voxels in the middle 40% of the lungs' width; a
+    connected region lying (95%) on one side gets that side, one crossing it (touching lungs) is cut there."""
+    mask = np.asarray(mask).astype(bool)
+    labels = np.zeros(mask.shape, np.uint8)
+    if not mask.any():
+        return labels
+    profile = mask.sum(axis=(0, 1))
+    columns = np.flatnonzero(profile)
+    low, high = columns[0], columns[-1]
+    band = np.arange(low + int(0.3 * (high - low)), high - int(0.3 * (high - low)) + 1)
+    split = band[np.lexsort((np.abs(band - (low + high) / 2), profile[band]))[0]]  # fewest voxels, then central
+    regions, _ = ndimage.label(mask)
+    for index, box in enumerate(ndimage.find_objects(regions), start=1):
+        inside = regions[box] == index
+        column = np.arange(box[2].start, box[2].stop)[None, None, :]
+        right_share = np.count_nonzero(inside & (column < split)) / np.count_nonzero(inside)
+        side = 1 if right_share >= 0.95 else 2 if right_share <= 0.05 else np.where(column < split, 1, 2)
+        labels[box][inside] = np.broadcast_to(side, inside.shape)[inside]
+    return labels
+
+
+def segment_scan(model, scan: Scan, settings: dict, threshold: float = 0.5, postprocess: bool = True,
+                 batch_size: int = 8, progress: bool = False) -> np.ndarray:
+    """Labels[slice, row, column] for a Scan: 0 background, 1 right lung, 2 left lung (a slice: 1 lung)."""
+    from tqdm import tqdm
+
+    check_settings(settings)
+    check_hu(scan.hu, scan.source or scan.name)
+    masks = np.zeros(scan.hu.shape, np.uint8)
+    with tqdm(total=len(scan.hu), desc=scan.name, unit="slice", disable=not progress or scan.kind == "slice") as bar:
+        for start in range(0, len(scan.hu), 4 * batch_size):
+            chunk = list(scan.hu[start:start + 4 * batch_size])
+            for offset, probability in enumerate(_probabilities(model, chunk, settings, batch_size)):
+                mask = (probability >= threshold).astype(np.uint8)
+                masks[start + offset] = clean_mask(mask) if postprocess else mask
+            bar.update(len(chunk))
+    return split_lungs(masks) if scan.kind == "volume" else masks
+
+
+def scan_measurements(scan: Scan, labels: np.ndarray, pixel_spacing_mm: float | None = None) -> dict:
+    """Lung size (area in mm² for a slice; volumes in mL, right and left, for a volume) and density:
+    mean HU, PD05/PD15/PD95 (HU percentiles) and LAA-950 (% of lung voxels below -950 HU, the
+    emphysema index; PD15 is its density counterpart)."""
+    spacing = scan.pixel_spacing_mm or ((pixel_spacing_mm, pixel_spacing_mm) if pixel_spacing_mm else None)
+    pixel_area = spacing[0] * spacing[1] if spacing else np.nan
+    lung = labels > 0
+    row = {"name": scan.name, "kind": scan.kind, "slices": len(scan.hu), "lung_pixels": int(lung.sum())}
+    if scan.kind == "slice":
+        row["area_mm2"] = lung.sum() * pixel_area
+    else:
+        def millilitres(part):
+            return float((part.sum(axis=(1, 2)) * scan.slice_thickness_mm).sum() * pixel_area / 1000)
+        row.update(lung_volume_ml=millilitres(lung), right_volume_ml=millilitres(labels == 1),
+                   left_volume_ml=millilitres(labels == 2))
+    inside = scan.hu[lung].astype(np.float64)
+    percentiles = np.percentile(inside, [5, 15, 95]) if inside.size else [np.nan] * 3
+    row.update(mean_hu=inside.mean() if inside.size else np.nan, pd05_hu=percentiles[0], pd15_hu=percentiles[1],
+               pd95_hu=percentiles[2], laa950_percent=100 * np.mean(inside < -950) if inside.size else np.nan,
+               pixel_spacing_mm=" x ".join(f"{v:g}" for v in spacing) if spacing else "unknown",
+               slice_spacing_mm=float(np.mean(scan.slice_thickness_mm)) if scan.kind == "volume" else np.nan)
+    return row
+
+
+LABEL_COLOURS = {1: (0.1, 1.0, 0.2), 2: (0.2, 0.5, 1.0)}  # right lung green, left lung blue
+
+
+def mask_overlay(image01: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """RGB picture of a windowed slice with each label tinted (1 green, 2 blue)."""
     rgb = np.repeat(image01[..., None], 3, axis=-1).astype(np.float32)
-    rgb[mask.astype(bool)] = 0.55 * rgb[mask.astype(bool)] + 0.45 * np.array([0.1, 1.0, 0.2])
+    for label, colour in LABEL_COLOURS.items():
+        rgb[labels == label] = 0.55 * rgb[labels == label] + 0.45 * np.array(colour)
     return rgb
 
 
-def predict_folder(model, settings: dict, inputs, output_dir, postprocess: bool = True) -> pd.DataFrame:
-    """Segment the user's slices (a folder of TIFF/PNG/DICOM files, or a list of files); save
-    ``<file name>_mask.png`` and ``<file name>_overlay.png`` for each into ``output_dir``."""
+class _Outputs:
+    """The files of one output folder: refuses to replace a file that an earlier run did not write."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder).expanduser()
+        if self.folder.exists() and not self.folder.is_dir():
+            raise LungsegError(f"OUTPUT_DIR {self.folder} is an existing file, not a folder. Give a folder (a new "
+                               "one is created).")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.record = self.folder / "measurements.json"
+        previous = json.loads(self.record.read_text()) if self.record.is_file() else {}
+        self.ours = set(previous.get("outputs", [])) | ({"measurements.json", "measurements.csv"} if previous else set())
+        self.written = []
+
+    def path(self, name: str) -> Path:
+        target = self.folder / name
+        if target.exists() and name not in self.ours:
+            raise LungsegError(f"{target} exists and lungseg did not write it: refusing to overwrite it. Choose "
+                               "another OUTPUT_DIR, or move the file away.")
+        self.written.append(name)
+        return target
+
+
+def write_scan_outputs(scan: Scan, labels: np.ndarray, outputs: _Outputs) -> dict:
+    """The mask file (NIfTI for a volume, PNG for a slice) and a preview PNG; returns their paths."""
     import cv2
 
-    if isinstance(inputs, (str, Path)):
-        folder = Path(inputs)
-        if not folder.is_dir():
-            raise LungsegError(f"PREDICT_DIR={str(folder)!r} is not a folder. Point it at a folder of CT slices.")
-        inputs = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not inputs:
-            raise LungsegError(f"PREDICT_DIR={str(folder)!r} holds no {', '.join(IMAGE_SUFFIXES)} files.")
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for path in map(Path, inputs):
-        image = read_slice(path)
-        check_hu(image, path)
-        mask = predict_masks(model, image, settings, postprocess=postprocess)
-        mask_path, overlay_path = output_dir / f"{path.name}_mask.png", output_dir / f"{path.name}_overlay.png"
-        cv2.imwrite(str(mask_path), mask * 255)
-        overlay = mask_overlay(window_hu(image, settings["hu_min"], settings["hu_max"]), mask)
-        cv2.imwrite(str(overlay_path), (overlay[..., ::-1] * 255).astype(np.uint8))
-        rows.append({"input": str(path), "shape": image.shape, "lung_fraction": float(mask.mean()),
-                     "mask": str(mask_path), "overlay": str(overlay_path)})
-    return pd.DataFrame(rows)
+    name = scan.name
+    if scan.kind == "volume":
+        import nibabel as nib
+
+        mask_path = outputs.path(f"{name}_mask.nii.gz")
+        image = nib.Nifti1Image(from_model_axes(labels, scan.orientation).astype(np.uint8), scan.affine)
+        image.header.set_xyzt_units("mm")
+        nib.save(image, mask_path)
+    else:
+        mask_path = outputs.path(f"{name}_mask.png")
+        cv2.imwrite(str(mask_path), (labels[0] > 0).astype(np.uint8) * 255)
+    with_lung = np.flatnonzero(labels.any(axis=(1, 2))) if labels.any() else np.arange(len(labels))
+    shown = with_lung[np.linspace(0, len(with_lung) - 1, min(6, len(with_lung))).astype(int)]
+    pictures = [mask_overlay(window_hu(scan.hu[k], -1000, 400), labels[k]) for k in shown]
+    title = f"{name}: right lung green, left lung blue" if scan.kind == "volume" else f"{name}: predicted lung"
+    figure = show_pairs([pictures], [f"slice {k + 1} of {len(labels)}" for k in shown], title=title,
+                        path=outputs.path(f"{name}_preview.png"), size=2.4)
+    plt.close(figure)
+    return {"mask": str(mask_path), "preview": str(outputs.folder / f"{name}_preview.png")}
+
+
+def predict_scans(model, settings: dict, input_path, output_dir, *, threshold: float = 0.5, postprocess: bool = True,
+                  batch_size: int = 8, series: str | None = None, pixel_spacing_mm: float | None = None,
+                  progress: bool = False, model_name: str = "", log=print) -> pd.DataFrame:
+    """Segment the lungs in your CT (see find_scans for what ``input_path`` may be) and write, into
+    ``output_dir``, each scan's mask and preview and ``measurements.csv``/``.json``. Returns the
+    measurements (with rows of earlier runs into the same folder); ``.attrs["problems"]`` lists the
+    inputs that could not be used, ``.attrs["segmented"]`` counts the scans of this call."""
+    outputs = _Outputs(output_dir)
+    rows, problems, names = [], [], set()
+    for source, read in find_scans(input_path, series):
+        try:
+            scan = read()
+            for note in scan.notes:
+                log(note)
+            labels = segment_scan(model, scan, settings, threshold, postprocess, batch_size, progress)
+            if scan.name in names:  # e.g. scan.nii and scan.nii.gz
+                scan.name = f"{scan.name}-{len(names)}"
+            names.add(scan.name)
+            rows.append({**scan_measurements(scan, labels, pixel_spacing_mm),
+                         **write_scan_outputs(scan, labels, outputs), "input": str(source)})
+        except LungsegError as error:
+            problems.append(str(error))
+            log(f"not segmented: {error}")
+    table = pd.DataFrame(rows)
+    segmented = len(table)
+    csv = outputs.path("measurements.csv")
+    if csv.is_file() and len(table):  # rows of earlier runs into this folder stay, unless segmented again
+        earlier = pd.read_csv(csv)
+        table = pd.concat([earlier[~earlier.name.isin(table.name)], table], ignore_index=True)
+    table.to_csv(csv, index=False)
+    record = outputs.path("measurements.json")
+    write_json(record, {
+        "produced_by": "lungseg_utils.predict_scans", "model": model_name or model.name,
+        "settings": {key: settings.get(key) for key in ("img_size", "hu_min", "hu_max", "epochs", "base_filters",
+                                                          "best_val_dice", "model_file")},
+        "threshold": threshold, "postprocess": postprocess, "labels": {"0": "background", "1": "right lung",
+                                                                        "2": "left lung (volumes)"},
+        "measurements": table.to_dict(orient="records"), "problems": problems, "versions": library_versions(),
+        "outputs": sorted(outputs.ours | set(outputs.written))})
+    table.attrs.update(problems=problems, segmented=segmented)
+    return table

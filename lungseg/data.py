@@ -119,7 +119,7 @@ def check_lung_stats(csv_path: str | Path, facts: pd.DataFrame) -> pd.DataFrame:
 
     Returns the rows that were compared (slices present in both); raises on any mismatch.
     """
-    stats = pd.read_csv(csv_path)
+    stats = read_lung_stats(csv_path)
     if not {"img_id", "lung_area_px"} <= set(stats.columns):
         raise LungsegError(f"{csv_path}: expected columns img_id and lung_area_px; is this lung_stats.csv?")
     merged = facts[["name", "lung_px"]].merge(stats, left_on="name", right_on="img_id")
@@ -139,6 +139,18 @@ def pixel_area_mm2(stats_csv: str | Path | None, default: float = 0.703125) -> f
     the Kaggle set's value is 0.703125 mm^2 (0.8385 mm pixels at 512x512)."""
     if stats_csv is None or not Path(stats_csv).is_file():
         return default
-    stats = pd.read_csv(stats_csv)
+    stats = read_lung_stats(stats_csv)
+    if not {"lung_area_mm2", "lung_area_px"} <= set(stats.columns):
+        raise LungsegError(f"{stats_csv}: expected columns lung_area_px and lung_area_mm2; is this lung_stats.csv? "
+                           "Replace it with the one from the Kaggle download, or delete it.")
     ratio = (stats.lung_area_mm2 / stats.lung_area_px).median()
     return float(ratio)
+
+
+def read_lung_stats(csv_path) -> pd.DataFrame:
+    """``lung_stats.csv`` as a table; an empty or unparsable file is named, with the fix."""
+    try:
+        return pd.read_csv(csv_path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise LungsegError(f"{csv_path}: empty or not a CSV table ({type(error).__name__}: {error}). It is optional: "
+                           "replace it with the lung_stats.csv of the Kaggle download, or delete it.") from None

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import stat
+import tarfile
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -146,6 +147,10 @@ def safe_extract_zip(archive: str | Path, target: str | Path, *, max_bytes: int 
                 with bundle.open(info) as source, open(destination, "wb") as sink:
                     shutil.copyfileobj(source, sink, 1 << 20)
     except zipfile.BadZipFile as error:
+        if tarfile.is_tarfile(archive):
+            raise LungsegError(
+                f"{archive}: a tar archive, not a zip. Extract it yourself (tar -xf {archive.name}) and use "
+                "DATA_SOURCE='folder' with DATA_DIR set to the extracted folder.") from error
         raise LungsegError(
             f"{archive}: not a valid zip archive ({error}); it may be a partial download. "
             "Delete it and download it again."
@@ -199,18 +204,17 @@ def install_archive(archive: str | Path, target: str | Path) -> Path:
 
     ``target`` must not exist yet; it appears only once the data inside it is complete.
     """
-    archive, target = Path(archive), Path(target)
+    archive, target = Path(archive).expanduser(), Path(target).expanduser()
     if not archive.exists():
         raise LungsegError(f"ARCHIVE {archive} does not exist. Give the path of the downloaded zip.")
-    if target.exists():
-        raise LungsegError(f"{target} already exists; refusing to overwrite it. Choose another DATA_DIR.")
+    if target.exists() and not (target.is_dir() and not any(target.iterdir())):  # an empty folder may be filled
+        raise LungsegError(f"{target} already exists and is not empty; refusing to overwrite it. Choose another "
+                           "DATA_DIR (a new or empty folder).")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    raw = archive if archive.is_dir() else staging / "raw"  # a user's folder: copied, never moved
     try:
-        if archive.is_dir():
-            raw = archive  # a user's folder: copied, never moved
-        else:
-            raw = staging / "raw"
+        if not archive.is_dir():
             safe_extract_zip(archive, raw)
         complete = staging / "final"
         if _find_one(raw, "2d_images") or _find_one(raw, "2d_images.zip"):
@@ -219,7 +223,12 @@ def install_archive(archive: str | Path, target: str | Path) -> Path:
             find_pairs(raw)  # the Train/Test layout, or a clear error saying what was expected
             (shutil.copytree if raw == archive else shutil.move)(raw, complete)
         find_pairs(complete)
-        complete.replace(target)
+        complete.replace(target)  # rename(2) also replaces an empty folder
+    except LungsegError as error:  # the staging folder is deleted below: name the archive instead
+        message = str(error)
+        for inner in (raw, staging / "final", staging):
+            message = message.replace(str(inner), f"{archive} (inside)" if inner != archive else str(archive))
+        raise LungsegError(message) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -261,7 +270,7 @@ DATA_SOURCES = ("auto", "kaggle", "folder", "archive", "synthetic")
 
 
 def get_dataset(source: str, data_dir: str | Path, output_dir: str | Path, archive: str | Path | None = None,
-                synthetic_count: int = 60, seed: int = 0, in_colab: bool = False) -> dict:
+                synthetic_count: int = 60, seed: int = 0, in_colab: bool = False, named: bool = False) -> dict:
     """Get the data from ``source`` and return a record of where it is and what it is.
 
     - ``folder``: use ``data_dir`` as it is (Kaggle or Train/Test layout).
@@ -269,14 +278,22 @@ def get_dataset(source: str, data_dir: str | Path, output_dir: str | Path, archi
     - ``kaggle``: download into ``data_dir`` (skipped if ``data_dir`` already holds data).
     - ``synthetic``: write phantoms into ``output_dir/synthetic_data``.
     - ``auto``: ``data_dir`` if it exists and is not empty, else Kaggle if credentials exist, else synthetic.
+      When the user ``named`` ``data_dir`` (DATA_DIR or $LUNGSEG_DATA_DIR), it must hold the data: a
+      misspelt path stops here instead of quietly falling back to synthetic phantoms.
     """
     if source not in DATA_SOURCES:
         raise LungsegError(f"DATA_SOURCE={source!r} is unknown; use one of {', '.join(DATA_SOURCES)}.")
-    data_dir = Path(data_dir)
+    data_dir = Path(data_dir).expanduser()
     already_there = data_dir.is_dir() and _holds_pairs(data_dir)
     if source == "auto":
         if data_dir.is_dir() and any(data_dir.iterdir()):  # a broken folder gets its error below
             source = "folder"
+        elif named:
+            state = "is empty" if data_dir.is_dir() else "does not exist"
+            raise LungsegError(
+                f"The data folder you named, {data_dir.resolve()}, {state}. Fix DATA_DIR / $LUNGSEG_DATA_DIR "
+                "(a relative path is taken from the folder you ran the command in), or leave both empty to "
+                "download from Kaggle, or set DATA_SOURCE='synthetic' for phantoms.")
         elif find_kaggle_credentials() is not None:
             source = "kaggle"
         else:

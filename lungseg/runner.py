@@ -24,6 +24,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO_ROOT / "notebooks"
 QUICK = {"IMG_SIZE": 64, "EPOCHS": 3, "BASE_FILTERS": 8, "BATCH_SIZE": 8, "SYNTHETIC_COUNT": 24}
+PATH_PARAMETERS = ("DATA_DIR", "ARCHIVE", "MODELS_DIR", "PREDICT_DIR")  # given on the command line: resolved here
+SYNTHETIC_NOTE = "[SYNTHETIC DATA - not real CT]"
 
 
 class NotebookFailed(RuntimeError):
@@ -108,6 +110,27 @@ def check_parameters(given: dict, only=None) -> None:
                              f"{default!r}, got {type(value).__name__}.")
 
 
+def resolve_paths(parameters: dict, environ=None) -> dict:
+    """Paths typed on the command line mean what they mean in the user's shell: ``~`` expanded and
+    relative paths taken from the folder the command was run in (the kernels run in ``notebooks/``).
+    The same for ``$LUNGSEG_DATA_DIR``, which the kernels inherit (changed in ``environ``)."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    if environ.get("LUNGSEG_DATA_DIR"):
+        environ["LUNGSEG_DATA_DIR"] = str(Path(environ["LUNGSEG_DATA_DIR"]).expanduser().resolve())
+    return {name: str(Path(value).expanduser().resolve()) if name in PATH_PARAMETERS and isinstance(value, str)
+            and value else value for name, value in parameters.items()}
+
+
+def _synthetic(output_dir: str) -> bool:
+    record = REPO_ROOT / output_dir / "data" / "dataset.json"
+    try:
+        return bool(json.loads(record.read_text()).get("synthetic"))
+    except (OSError, ValueError):
+        return False
+
+
 def run_pipeline(parameters: dict, output_dir: str = "outputs", only=None, prepare_only: bool = False,
                  log=print) -> list[Path]:
     """Execute (or, with ``prepare_only``, only parameterise) the notebooks; return the output paths.
@@ -141,7 +164,9 @@ def run_pipeline(parameters: dict, output_dir: str = "outputs", only=None, prepa
             try:
                 papermill.execute_notebook(notebook, str(target), parameters=given, cwd=str(NOTEBOOKS),
                                            kernel_name="python3", progress_bar=False, prepare_only=prepare_only,
-                                           stdout_file=_Progress(log), config=config)
+                                           stdout_file=_Progress(log), config=config,
+                                           # no kernel log lines on the console (e.g. after Ctrl-C)
+                                           extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
             except papermill.PapermillExecutionError as error:
                 log("    FAILED")
                 raise NotebookFailed(
@@ -149,7 +174,8 @@ def run_pipeline(parameters: dict, output_dir: str = "outputs", only=None, prepa
                     f"{error.ename}: {error.evalue}\nThe executed notebook, with the error, is {target}"
                 ) from None
         if not prepare_only:
-            log(f"    done in {time.perf_counter() - started:.0f} s -> {target}")
+            note = f" {SYNTHETIC_NOTE}" if _synthetic(output_dir) else ""
+            log(f"    done in {time.perf_counter() - started:.0f} s -> {target}{note}")
         written.append(target)
     return written
 
@@ -219,7 +245,7 @@ def main(argv=None) -> int:
     parser.add_argument("--publish", action="store_true",
                         help="after a successful run, copy the executed notebooks (with outputs) into notebooks/")
     args = parser.parse_args(argv)
-    given = {k: parse_value(v) for k, v in args.parameter}
+    given = resolve_paths({k: parse_value(v) for k, v in args.parameter})
     if args.only:
         args.only = [number.zfill(2) for number in args.only]  # --only 3 means 03
     check_parameters(given, args.only)
@@ -233,11 +259,27 @@ def main(argv=None) -> int:
     except NotebookFailed as error:
         print(f"\n{error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\n{interrupted(args.output_dir)}", file=sys.stderr)
+        return 130
     if args.publish and not args.prepare_only:
         publish(executed)
         print("published the executed notebooks into", NOTEBOOKS)
-    print(f"pipeline finished in {time.perf_counter() - started:.0f} s; outputs in {REPO_ROOT / args.output_dir}")
+    note = f" {SYNTHETIC_NOTE}: the data were synthetic phantoms" if _synthetic(args.output_dir) else ""
+    print(f"pipeline finished in {time.perf_counter() - started:.0f} s; outputs in {REPO_ROOT / args.output_dir}{note}")
     return 0
+
+
+def interrupted(output_dir: str) -> str:
+    """After Ctrl-C: remove what an interrupted training leaves (``*.in-progress*``, never read as a
+    result) and say, in one line, what was kept."""
+    models = REPO_ROOT / output_dir / "models"
+    leftovers = sorted(models.glob("*.in-progress*")) if models.is_dir() else []
+    for path in leftovers:
+        path.unlink()
+    removed = f"; removed the interrupted training's {', '.join(p.name for p in leftovers)}" if leftovers else ""
+    return (f"Interrupted (Ctrl-C). Kept everything the finished notebooks wrote in {REPO_ROOT / output_dir}: "
+            f"a model is replaced only when its training ends{removed}.")
 
 
 if __name__ == "__main__":

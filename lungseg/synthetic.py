@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lungseg_utils import LungsegError
+
 SYNTHETIC_PREFIX = "SYNTHETIC_"
 
 
@@ -57,13 +59,24 @@ def make_phantom(rng: np.random.Generator, size: int = 512) -> tuple[np.ndarray,
 def write_synthetic_dataset(folder: str | Path, count: int = 60, seed: int = 0, size: int = 512) -> Path:
     """Write ``count`` phantoms in the Kaggle layout (2d_images/, 2d_masks/, lung_stats.csv).
 
-    An existing folder with the same number of phantoms is reused as it is."""
+    A folder made earlier with the same count, seed and size is reused as it is; one made with other
+    settings is replaced (it holds only phantoms: its README says so). Any other existing folder is refused."""
+    import json
+    import shutil
+
     import tifffile
 
     folder = Path(folder)
-    names = [f"{SYNTHETIC_PREFIX}{index:04d}.tif" for index in range(count)]
-    if all((folder / part / name).is_file() for part in ("2d_images", "2d_masks") for name in names):
+    wanted = {"count": count, "seed": seed, "size": size}
+    made_with = folder / "synthetic.json"
+    if made_with.is_file() and json.loads(made_with.read_text()) == wanted:
         return folder
+    if folder.exists():
+        if not (folder / "README.txt").is_file() or "SYNTHETIC" not in (folder / "README.txt").read_text():
+            raise LungsegError(f"{folder} exists and was not made by lungseg.synthetic; refusing to replace it. "
+                             "Move it away or choose another OUTPUT_DIR.")
+        shutil.rmtree(folder)  # phantoms made with other settings
+    names = [f"{SYNTHETIC_PREFIX}{index:04d}.tif" for index in range(count)]
     (folder / "2d_images").mkdir(parents=True, exist_ok=True)
     (folder / "2d_masks").mkdir(parents=True, exist_ok=True)
     (folder / "README.txt").write_text(
@@ -83,4 +96,5 @@ def write_synthetic_dataset(folder: str | Path, count: int = 60, seed: int = 0, 
             "lung_pd95_hu": np.percentile(inside, 95), "lung_pd05_hu": np.percentile(inside, 5),
         })
     pd.DataFrame(rows).to_csv(folder / "lung_stats.csv", index=False)
+    made_with.write_text(json.dumps(wanted) + "\n")  # last: a folder without it is incomplete
     return folder

@@ -71,6 +71,7 @@ from lungseg.download import get_dataset  # Kaggle, archives (extracted safely),
 # ## Parameters
 # Change these here, or pass them with papermill (`bash scripts/run.sh -p DATA_SOURCE kaggle`).
 # An empty `DATA_DIR` means `$LUNGSEG_DATA_DIR` if set, else `data/finding-lungs-in-ct-data` in the repository.
+# A folder you name must hold the data: a misspelt path stops the run rather than falling back to phantoms.
 
 # %% tags=["parameters"]
 DATA_SOURCE = "auto"
@@ -124,7 +125,8 @@ def write_json(path, record: dict) -> None:
     temporary.replace(path)
 
 # %%
-data_dir = Path(DATA_DIR or os.environ.get("LUNGSEG_DATA_DIR") or REPO_ROOT / "data" / "finding-lungs-in-ct-data")
+named_data_dir = DATA_DIR or os.environ.get("LUNGSEG_DATA_DIR")  # named by you: it must hold the data
+data_dir = Path(named_data_dir or REPO_ROOT / "data" / "finding-lungs-in-ct-data").expanduser()
 output_dir = REPO_ROOT / OUTPUT_DIR
 config_table({"DATA_SOURCE": DATA_SOURCE, "DATA_DIR": data_dir, "ARCHIVE": ARCHIVE, "OUTPUT_DIR": output_dir,
               "SYNTHETIC_COUNT": SYNTHETIC_COUNT, "SEED": SEED, "device": describe_device()})
@@ -137,7 +139,7 @@ config_table({"DATA_SOURCE": DATA_SOURCE, "DATA_DIR": data_dir, "ARCHIVE": ARCHI
 
 # %%
 dataset = get_dataset(DATA_SOURCE, data_dir, output_dir, archive=ARCHIVE or None, synthetic_count=SYNTHETIC_COUNT,
-                      seed=SEED, in_colab="google.colab" in sys.modules)
+                      seed=SEED, in_colab="google.colab" in sys.modules, named=bool(named_data_dir))
 pairs = find_pairs(dataset["root"])
 print(f"source: {dataset['source']}{' [SYNTHETIC DATA - not real CT]' if dataset['synthetic'] else ''}")
 print(f"data folder: {dataset['root']}, {len(pairs)} image/mask pairs")
@@ -169,35 +171,30 @@ PNG_HU_OFFSET = -1024  # a 16-bit PNG cannot hold negative numbers: by conventio
 
 
 def read_slice(path, *, png_hu_offset: int = PNG_HU_OFFSET) -> np.ndarray:
-    """One CT slice as a 2-D array in HU: TIFF read losslessly, DICOM with RescaleSlope/Intercept
-    applied, 16-bit PNG with ``png_hu_offset`` added. Anything unreadable raises LungsegError."""
-    import cv2
+    """One CT slice as a 2-D array in HU: TIFF read losslessly, DICOM (``.dcm`` or any file with the
+    DICOM preamble) with RescaleSlope/Intercept applied, 16-bit PNG with ``png_hu_offset`` added. Anything unreadable raises LungsegError."""
     import tifffile
 
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in IMAGE_SUFFIXES:
+    if suffix not in IMAGE_SUFFIXES and not is_dicom(path):
         raise LungsegError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}.")
     try:
-        if suffix == ".dcm":
+        if is_dicom(path):
             import pydicom
 
-            dataset = pydicom.dcmread(path)
-            array = dataset.pixel_array * float(getattr(dataset, "RescaleSlope", 1.0)) + float(
-                getattr(dataset, "RescaleIntercept", 0.0))
+            array = dicom_hu(pydicom.dcmread(path))
         elif suffix == ".png":
-            array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            if array is None:
-                raise OSError("OpenCV could not decode it")
+            array = _read_with_opencv(path)
             if array.dtype == np.uint16:
                 array = array.astype(np.int32) + png_hu_offset
         else:
             try:
                 array = tifffile.imread(path)
-            except Exception:  # compressions tifffile needs imagecodecs for (LZW): OpenCV keeps the bits too
-                array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-                if array is None:
+            except ValueError as error:  # compressions tifffile needs imagecodecs for (LZW): OpenCV keeps the bits too
+                if "imagecodecs" not in str(error):
                     raise
+                array = _read_with_opencv(path)
     except Exception as error:  # tifffile, pydicom and OpenCV raise many different types
         raise LungsegError(f"{path}: unreadable or corrupt image ({type(error).__name__}: {error}). "
                            "Re-download or re-export this file, or remove it together with its mask.") from error
@@ -209,6 +206,39 @@ def read_slice(path, *, png_hu_offset: int = PNG_HU_OFFSET) -> np.ndarray:
     if array.ndim != 2:
         raise LungsegError(f"{path}: expected one 2-D slice, got an array of shape {array.shape}.")
     check_finite(array, path)
+    return array
+
+
+def is_dicom(path) -> bool:
+    """A ``.dcm`` file, or any file with the DICOM preamble (files of a series often have no suffix)."""
+    path = Path(path)
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_hu(dataset) -> np.ndarray:
+    """A DICOM image's stored values in HU: stored * RescaleSlope + RescaleIntercept."""
+    return dataset.pixel_array.astype(np.float32) * float(dataset.get("RescaleSlope") or 1) + float(
+        dataset.get("RescaleIntercept") or 0)
+
+
+def _read_with_opencv(path) -> np.ndarray:
+    """``cv2.imread(path, IMREAD_UNCHANGED)`` (all bits kept), without OpenCV's own log lines on a bad file."""
+    import cv2
+
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    if array is None:
+        raise OSError("OpenCV could not decode it")
     return array
 
 

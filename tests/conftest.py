@@ -120,3 +120,12 @@ def write_training_inputs(arrays: dict, output_dir: Path, preprocessing: dict = 
     (data / "dataset.json").write_text(json.dumps({"source": "folder", "synthetic": False, "root": ""}))
     (data / "pairs.csv").write_text("name,image_path,mask_path\n")
     return output_dir
+
+
+@pytest.fixture
+def no_credentials(tmp_path, monkeypatch):
+    """No $LUNGSEG_DATA_DIR and no Kaggle credentials anywhere (environment or ~/.kaggle), as for a new user."""
+    for variable in ("LUNGSEG_DATA_DIR", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))

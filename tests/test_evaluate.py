@@ -1,13 +1,12 @@
 """Scores on hand-made masks, lung measurements against lung_stats.csv, and inference on real slices,
 DICOM, PNG and bad input."""
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
 
 from lungseg_utils import (LungsegError, clean_mask, hd95, lung_measurements, overlap_scores, paired_comparison,
-                           pooled_dice, predict_folder, predict_masks, predict_probabilities, preprocess_slice,
+                           pooled_dice, predict_masks, predict_probabilities, preprocess_slice,
                            read_mask, read_slice, resize_mask, score_slice)
 
 
@@ -133,35 +132,6 @@ def test_dicom_with_rescale_slope_and_intercept(tmp_path, real_data, real_names)
     dataset.PixelData = stored.tobytes()
     dataset.save_as(tmp_path / "slice.dcm", enforce_file_format=True)
     np.testing.assert_array_equal(read_slice(tmp_path / "slice.dcm"), hu)
-
-
-def test_predict_folder_with_tiff_png_and_refusals(trained_unet, real_data, real_names, tmp_path):
-    model, settings = trained_unet
-    inputs = tmp_path / "my_scans"
-    inputs.mkdir()
-    hu = read_slice(real_data / "2d_images" / real_names[0])
-    cv2.imwrite(str(inputs / "scan.png"), (hu.astype(np.int32) + 1024).clip(0, 65535).astype(np.uint16))
-    (inputs / "scan.tif").write_bytes((real_data / "2d_images" / real_names[1]).read_bytes())
-    written = predict_folder(model, settings, inputs, tmp_path / "predictions")
-    assert len(written) == 2
-    for name in ("scan.png", "scan.tif"):  # the same stem: two outputs, neither overwrites the other
-        mask = cv2.imread(str(tmp_path / "predictions" / f"{name}_mask.png"), cv2.IMREAD_UNCHANGED)
-        assert mask.shape == (512, 512) and set(np.unique(mask)) <= {0, 255} and mask.mean() > 10
-        assert (tmp_path / "predictions" / f"{name}_overlay.png").is_file()
-    png_mask = predict_masks(model, read_slice(inputs / "scan.png"), settings, postprocess=True)
-    np.testing.assert_array_equal(png_mask * 255, cv2.imread(str(tmp_path / "predictions" / "scan.png_mask.png"), 0))
-
-    cv2.imwrite(str(inputs / "eight_bit.png"), (hu // 16).clip(0, 255).astype(np.uint8))
-    with pytest.raises(LungsegError, match="eight_bit.png: an 8-bit image cannot hold Hounsfield units"):
-        predict_folder(model, settings, inputs, tmp_path / "predictions")
-    (inputs / "eight_bit.png").unlink()
-    (inputs / "broken.tif").write_bytes(b"II*\x00garbage")
-    with pytest.raises(LungsegError, match="broken.tif: unreadable or corrupt"):
-        predict_folder(model, settings, inputs, tmp_path / "predictions")
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(LungsegError, match="holds no"):
-        predict_folder(model, settings, empty, tmp_path / "predictions")
 
 
 def test_slices_with_nan_are_refused_where_they_enter(trained_unet, real_data, real_names, tmp_path):

@@ -69,18 +69,18 @@ def test_real_data_pipeline_trains_and_evaluates_both_models(real_run):
     for figure in ("predicted_mask_visualization", "worst_slices_errors", "dice_per_slice", "training_curves",
                    "lung_area_scatter"):
         assert (real_run / "figures" / f"{figure}.png").stat().st_size > 10_000
-    assert len(list((real_run / "predictions").rglob("*_mask.png"))) == 3
+    measured = pd.read_csv(next((real_run / "predictions").glob("*/measurements.csv")))  # the demo series of 05
+    assert measured.kind.tolist() == ["volume"] and measured.slices.tolist() == [8]
+    assert len(list((real_run / "predictions").rglob("*_mask.nii.gz"))) == 1
     for notebook in sorted((real_run / "notebooks").glob("*.ipynb")):
         _outputs_text(notebook)  # no error output anywhere
 
 
-def test_synthetic_default_is_labelled_everywhere(tmp_path, monkeypatch):
-    for variable in ("LUNGSEG_DATA_DIR", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR"):
-        monkeypatch.delenv(variable, raising=False)
-    (tmp_path / "home").mkdir()
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.kaggle
+def test_synthetic_default_is_labelled_everywhere(tmp_path, no_credentials):
+    if (REPO_ROOT / "data" / "finding-lungs-in-ct-data").exists():
+        pytest.skip("data/finding-lungs-in-ct-data exists in this checkout: 01 would use it")
     output = tmp_path / "out"
-    runner.run_pipeline({**QUICK, "DATA_DIR": str(tmp_path / "no-data-here")}, str(output),
+    runner.run_pipeline(dict(QUICK), str(output),  # no DATA_DIR, no $LUNGSEG_DATA_DIR, no Kaggle credentials
                         log=lambda *args, **kwargs: None)
     assert "SYNTHETIC" in _outputs_text(output / "notebooks" / "01_download.ipynb")
     for record in ("data/dataset.json", "data/preprocess.json", "models/unet.json", "models/resunet.json",
@@ -214,13 +214,9 @@ def test_misspelt_or_mistyped_parameters_stop_the_runner_before_anything_runs(ar
     assert runner.main(["--only", "3", "--prepare-only", "-p", "EPOCHS", "5", "--output-dir", str(tmp_path / "ok")]) == 0
 
 
-def test_a_notebook_alone_without_data_says_it_uses_synthetic_phantoms(tmp_path, monkeypatch, capsys):
+def test_a_notebook_alone_without_data_says_it_uses_synthetic_phantoms(tmp_path, no_credentials, capsys):
     if (REPO_ROOT / "data" / "finding-lungs-in-ct-data").exists():
         pytest.skip("data/finding-lungs-in-ct-data exists in this checkout: 01 would use it")
-    for variable in ("LUNGSEG_DATA_DIR", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR"):
-        monkeypatch.delenv(variable, raising=False)
-    (tmp_path / "home").mkdir()
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.kaggle
     runner.ensure_inputs("02", str(tmp_path / "out"))
     said = capsys.readouterr().out
     assert "running 01_download first" in said and "SYNTHETIC phantoms, not real CT" in said
