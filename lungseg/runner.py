@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import logging
+import signal
 import sys
 import tempfile
 import time
@@ -254,6 +256,7 @@ def main(argv=None) -> int:
         parser.error("--publish runs the defaults only (no --quick, -p or --output-dir); "
                      "give the data folder through LUNGSEG_DATA_DIR")
     started = time.perf_counter()
+    signal.signal(signal.SIGINT, _quiet_interrupt)
     try:
         executed = run_pipeline(parameters, args.output_dir, args.only, args.prepare_only)
     except NotebookFailed as error:
@@ -268,6 +271,13 @@ def main(argv=None) -> int:
     note = f" {SYNTHETIC_NOTE}: the data were synthetic phantoms" if _synthetic(args.output_dir) else ""
     print(f"pipeline finished in {time.perf_counter() - started:.0f} s; outputs in {REPO_ROOT / args.output_dir}{note}")
     return 0
+
+
+def _quiet_interrupt(signum, frame):
+    """Ctrl-C: silence logging first, so that the kernel dying under the same Ctrl-C adds no lines
+    (nbclient's 'Kernel died', asyncio's 'Task exception was never retrieved') to the one we print."""
+    logging.disable(logging.CRITICAL)
+    raise KeyboardInterrupt
 
 
 def interrupted(output_dir: str) -> str:
