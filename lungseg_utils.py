@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import KFold, train_test_split
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -230,6 +230,42 @@ def show_pairs(rows, column_titles, row_titles=None, title="", path=None, synthe
     figure.tight_layout()
     return save_figure(figure, path, synthetic)
 
+
+def audit_mask(image_hu: np.ndarray, mask: np.ndarray, outside_fraction: float = 0.02,
+               lung_hu=(-950, -300), one_side_fraction: float = 0.1) -> list:
+    """Reasons to doubt one lung mask, from its image in HU (an empty list: it looks sound)."""
+    image, lung = np.asarray(image_hu, np.float32), np.asarray(mask).astype(bool)
+    area = np.count_nonzero(lung)
+    if area == 0:
+        return ["no lung marked"]
+    reasons = []
+    if lung[0].any() or lung[-1].any() or lung[:, 0].any() or lung[:, -1].any():
+        reasons.append("lung touches the image border")
+    air, _ = ndimage.label(image < -500)  # air and the padding outside the field of view
+    outside = np.isin(air, np.setdiff1d(np.concatenate([air[0], air[-1], air[:, 0], air[:, -1]]), [0]))
+    beyond_fov = np.count_nonzero(lung & (image < -1500)) / area
+    on_outside_air = np.count_nonzero(lung & outside) / area
+    if beyond_fov > outside_fraction:
+        reasons.append(f"{beyond_fov:.0%} of the lung lies outside the scanner's field of view")
+    elif on_outside_air > outside_fraction:
+        reasons.append(f"{on_outside_air:.0%} of the lung lies on air outside the body")
+    mean_hu = float(image[lung].mean())
+    if not lung_hu[0] <= mean_hu <= lung_hu[1]:
+        reasons.append(f"mean {mean_hu:.0f} HU inside the mask: no lung has that (expected {lung_hu[0]}..{lung_hu[1]})")
+    body_columns = np.flatnonzero((image > -500).any(axis=0))
+    middle = (body_columns[0] + body_columns[-1] + 1) // 2 if body_columns.size else image.shape[1] // 2
+    sides = np.count_nonzero(lung[:, :middle]), np.count_nonzero(lung[:, middle:])
+    if min(sides) < one_side_fraction * max(sides) and max(sides) > 0.02 * lung.size:
+        side = "left (the patient's right)" if sides[0] < sides[1] else "right (the patient's left)"
+        reasons.append(f"one lung missing: {min(sides):,} lung pixels on the image's {side}, {max(sides):,} on the other side")
+    return reasons
+
+
+def audit_labels(pairs: pd.DataFrame) -> pd.DataFrame:
+    """``audit_mask`` for every pair (columns name, image_path, mask_path): name, flagged, reasons."""
+    reasons = ["; ".join(audit_mask(read_slice(p.image_path), read_mask(p.mask_path))) for p in pairs.itertuples()]
+    return pd.DataFrame({"name": list(pairs.name), "flagged": [bool(r) for r in reasons], "reasons": reasons})
+
 # ======================================== from notebooks/02_preprocess.py
 
 
@@ -262,6 +298,20 @@ def split_slices(names, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> pd.DataFr
     train, val = train_test_split(train_val, test_size=n_val, random_state=seed)
     part_of = {**dict.fromkeys(train, "train"), **dict.fromkeys(val, "val"), **dict.fromkeys(test, "test")}
     return pd.DataFrame({"name": names, "split": [part_of[name] for name in names]})
+
+
+def kfold_split(names, fold: int, folds: int = 5, val_fraction: float = 0.15, seed: int = 0) -> pd.DataFrame:
+    """Fold ``fold`` of a k-fold cross-validation: scikit-learn's ``KFold`` makes ``folds`` test parts
+    (every slice is tested exactly once over the folds); the validation slices, which pick the
+    epoch, come from the rest. Sorted names and ``seed`` make it deterministic."""
+    names = sorted(names)
+    if not (isinstance(folds, int) and 2 <= folds <= len(names)) or fold not in range(folds if isinstance(folds, int) else 0):
+        raise LungsegError(f"FOLD={fold!r} of FOLDS={folds!r}: FOLDS must be an integer 2..{len(names)} and FOLD one "
+                           "of 0..FOLDS-1 (or FOLD=None for the fixed SPLIT).")
+    train_val, test = list(KFold(folds, shuffle=True, random_state=seed).split(names))[fold]
+    train, val = train_test_split(train_val, test_size=round(val_fraction * len(names)), random_state=seed)
+    part_of = {**dict.fromkeys(train, "train"), **dict.fromkeys(val, "val"), **dict.fromkeys(test, "test")}
+    return pd.DataFrame({"name": names, "split": [part_of[index] for index in range(len(names))]})
 
 
 def resize_image(image: np.ndarray, size) -> np.ndarray:

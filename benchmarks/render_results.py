@@ -147,13 +147,87 @@ def _seeds(benchmark: dict, seeds: set[int], label: str) -> dict:
     return {**benchmark, "label": label, "runs": runs, "summary": aggregate(runs)}
 
 
+VARIANTS = {"unet": "U-Net", "resunet": "Residual U-Net", "unet+tta": "U-Net + flip TTA",
+            "resunet+tta": "Residual U-Net + flip TTA", "ensemble": "ensemble (mean probability)",
+            "ensemble+tta": "ensemble + flip TTA"}
+
+
+def _paired(paired: dict) -> str:
+    return (f"{paired['mean_difference']:+.4f} (95% CI {paired['ci95_low']:+.4f}..{paired['ci95_high']:+.4f}, "
+            f"Wilcoxon p={paired['wilcoxon_p']:.2g}, better on {paired['a_better_slices']} / worse on "
+            f"{paired['b_better_slices']} of {paired['slices']} slices)")
+
+
+def cv_section(cv: dict, ablations: list[dict]) -> list[str]:
+    """The 5-fold cross-validation: every variant over all slices and over the sound labels, the
+    paired comparisons, the flagged labels, the ablations decided on it."""
+    variants, settings = cv["variants"], cv["settings"]
+    n_all, n_sound = variants["unet"]["slices"], variants["unet"]["sound_slices"]
+    lines = [
+        f"**{cv['folds']}-fold cross-validation** over {cv['data']}, measured on **{cv['device']}** ({cv['date']}): "
+        f"each fold trains both models with notebooks 01–04 (`-p FOLD k`) on its {cv['folds'] - 1} other folds, the "
+        "validation slices that pick the epoch taken from them, and scores them on its own slices with the "
+        f"notebooks' functions. Settings: {settings['img_size']} px, {settings['epochs']} epochs, batch "
+        f"{settings['batch_size']}, {settings['base_filters']} base filters, learning rate {settings['learning_rate']}, "
+        f"augmentation {describe_augmentation(settings['augmentation'])}, training seed {settings['seed']}. "
+        f"Per-slice scores at native 512x512, raw masks (threshold 0.5, no post-processing) unless said. "
+        f"Reproduce: `{_portable(cv['command'])}`.",
+        "",
+        f"| | Dice, all {n_all} slices | Dice, {n_sound} sound labels | IoU, all | worst slice, all / sound | "
+        "pooled Dice, all / sound | HD95 mm | fold means (std over folds) | Dice + post-processing |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, name in VARIANTS.items():
+        v, post = variants[key], variants[f"{key}+post"]
+        lines.append(
+            f"| {name} | {v['dice_mean']:.4f} ± {v['dice_std']:.4f} | {v['sound_dice_mean']:.4f} | {v['iou_mean']:.4f} "
+            f"| {v['dice_min']:.4f} / {v['sound_dice_min']:.4f} | {v['pooled_dice']:.4f} / {v['sound_pooled_dice']:.4f} "
+            f"| {v['hd95_mm_mean']:.2f} | {min(v['fold_dice_means']):.4f}..{max(v['fold_dice_means']):.4f} "
+            f"({v['fold_dice_std']:.4f}) | {post['dice_mean']:.4f} |")
+    lines += ["", f"Paired differences of per-slice Dice over all {n_all} slices (a minus b):", ""]
+    lines += [f"- {label}: {_paired(paired)}; over the sound labels {paired['sound']['mean_difference']:+.4f} "
+              f"(95% CI {paired['sound']['ci95_low']:+.4f}..{paired['sound']['ci95_high']:+.4f})"
+              for label, paired in cv["paired_dice"].items()]
+    flagged = ", ".join(f"{f['name']} ({f['reasons']})" for f in cv["flagged_labels"]) or "none"
+    lines += ["", f"Labels flagged by 01's audit (scored in \"all\", left out of \"sound\"): {flagged}.", ""]
+    for key in ("unet", "resunet"):
+        worst = ", ".join(f"{w['name']} {w['dice']:.3f}" + (" (flagged label)" if w["flagged"] else "")
+                          for w in variants[key]["worst"])
+        lines.append(f"Worst slices, {VARIANTS[key]}: {worst}.")
+    training = cv["training"]
+    lines += ["", "Training per fold: " + "; ".join(
+        f"{VARIANTS[m]} {t['training_seconds_mean']:.0f} s ({t['seconds_per_epoch_mean']:.1f} s/epoch), best epochs "
+        f"{', '.join(str(e) for e in t['best_epochs'])}" for m, t in training.items()) + ".", ""]
+    if ablations:
+        lines += ["Ablations decided on the cross-validation: each configuration minus the defaults, paired over "
+                  f"the same {n_all} slices (per-slice Dice, raw masks).", "",
+                  "| configuration | differences from the defaults | U-Net Dice | Residual U-Net Dice "
+                  "| U-Net minus defaults | ResUNet minus defaults | command |", "|---|---|---|---|---|---|---|"]
+        for ablation in ablations:
+            changes = setting_differences(ablation["settings"], settings)
+            versus = ablation.get("versus_default", {})
+            cells = [f"{versus[m]['mean_difference']:+.4f} ({versus[m]['ci95_low']:+.4f}..{versus[m]['ci95_high']:+.4f})"
+                     if m in versus else "–" for m in ("unet", "resunet")]
+            lines.append(f"| {ablation['label']} | {changes} | {ablation['variants']['unet']['dice_mean']:.4f} | "
+                         f"{ablation['variants']['resunet']['dice_mean']:.4f} | {cells[0]} | {cells[1]} | "
+                         f"`{_portable(ablation['command'])}` |")
+        lines.append("")
+    return lines
+
+
 def render() -> str:
+    cv_path = RESULTS / "cv.json"
+    head = []
+    if cv_path.is_file():
+        ablations = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("cv-*.json"))]
+        head = ["### Cross-validation: the headline", ""] + cv_section(json.loads(cv_path.read_text()), ablations) + [
+            "### The notebooks' teaching split (33 test slices, 3 training seeds)", ""]
     default = json.loads((RESULTS / "benchmark.json").read_text())
     defaults = default["runs"][0]["settings"]
     others = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("benchmark-*.json"))]
     same_split = [b for b in others if b["runs"][0]["settings"].get("split_method") == defaults.get("split_method")]
     earlier_split = [b for b in others if b not in same_split]
-    lines = main_table(default)
+    lines = head + main_table(default)
     if same_split:
         lines += ["Ablation (CPU; per-slice Dice at native resolution on the same test split, mean ± std over seeds "
                   "where there are several; compare rows with the same seeds). The validation Dice is that of the "

@@ -38,7 +38,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import KFold, train_test_split
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

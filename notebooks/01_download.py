@@ -63,6 +63,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+from scipy import ndimage
 
 from lungseg.data import check_lung_stats, find_pairs, summarise, verify_pairs  # checks of every pair
 from lungseg.download import get_dataset  # Kaggle, archives (extracted safely), synthetic phantoms
@@ -355,6 +356,83 @@ show_pairs(rows, ["CT slice (window -1000..400 HU)", "lung mask"], list(examples
            path=output_dir / "figures" / "01_examples.png", synthetic=dataset["synthetic"]);
 
 # %% [markdown]
+# ## Audit the labels
+# A mask can be binary, the right shape and still wrong: drawn by hand, or by a tool that failed.
+# One wrong mask among a few dozen costs its slice up to 0.5 Dice and drags every mean with it, and
+# a model trained on it learns the error. So every mask is checked against its own image, in HU,
+# for signs that no real lung mask shows:
+#
+# - lung marked on **air outside the body** (air connected to the image's edge) or **outside the
+#   scanner's field of view** (the padding, below -1500 HU);
+# - a "lung" whose **mean HU** no lung has (lung is mostly air: the real masks here average -730..-500
+#   HU; soft tissue is about 40, outside air -1000);
+# - **one lung missing** while the other is large (left and right of the body's middle);
+# - lung **touching the image border**, or no lung at all.
+#
+# Flagged slices are listed with their reason and shown below; nothing is dropped. Training uses
+# every slice as it is; evaluation reports scores over all slices and over the slices whose labels
+# look sound, side by side.
+
+# %%
+#@save
+def audit_mask(image_hu: np.ndarray, mask: np.ndarray, outside_fraction: float = 0.02,
+               lung_hu=(-950, -300), one_side_fraction: float = 0.1) -> list:
+    """Reasons to doubt one lung mask, from its image in HU (an empty list: it looks sound)."""
+    image, lung = np.asarray(image_hu, np.float32), np.asarray(mask).astype(bool)
+    area = np.count_nonzero(lung)
+    if area == 0:
+        return ["no lung marked"]
+    reasons = []
+    if lung[0].any() or lung[-1].any() or lung[:, 0].any() or lung[:, -1].any():
+        reasons.append("lung touches the image border")
+    air, _ = ndimage.label(image < -500)  # air and the padding outside the field of view
+    outside = np.isin(air, np.setdiff1d(np.concatenate([air[0], air[-1], air[:, 0], air[:, -1]]), [0]))
+    beyond_fov = np.count_nonzero(lung & (image < -1500)) / area
+    on_outside_air = np.count_nonzero(lung & outside) / area
+    if beyond_fov > outside_fraction:
+        reasons.append(f"{beyond_fov:.0%} of the lung lies outside the scanner's field of view")
+    elif on_outside_air > outside_fraction:
+        reasons.append(f"{on_outside_air:.0%} of the lung lies on air outside the body")
+    mean_hu = float(image[lung].mean())
+    if not lung_hu[0] <= mean_hu <= lung_hu[1]:
+        reasons.append(f"mean {mean_hu:.0f} HU inside the mask: no lung has that (expected {lung_hu[0]}..{lung_hu[1]})")
+    body_columns = np.flatnonzero((image > -500).any(axis=0))
+    middle = (body_columns[0] + body_columns[-1] + 1) // 2 if body_columns.size else image.shape[1] // 2
+    sides = np.count_nonzero(lung[:, :middle]), np.count_nonzero(lung[:, middle:])
+    if min(sides) < one_side_fraction * max(sides) and max(sides) > 0.02 * lung.size:
+        side = "left (the patient's right)" if sides[0] < sides[1] else "right (the patient's left)"
+        reasons.append(f"one lung missing: {min(sides):,} lung pixels on the image's {side}, {max(sides):,} on the other side")
+    return reasons
+
+
+def audit_labels(pairs: pd.DataFrame) -> pd.DataFrame:
+    """``audit_mask`` for every pair (columns name, image_path, mask_path): name, flagged, reasons."""
+    reasons = ["; ".join(audit_mask(read_slice(p.image_path), read_mask(p.mask_path))) for p in pairs.itertuples()]
+    return pd.DataFrame({"name": list(pairs.name), "flagged": [bool(r) for r in reasons], "reasons": reasons})
+
+# %%
+# NBVAL_CHECK_OUTPUT
+audit = audit_labels(pairs)
+flagged = audit[audit.flagged]
+print(f"labels audited: {len(audit)}; flagged: {len(flagged)}")
+print(flagged[["name", "reasons"]].to_string(index=False) if len(flagged) else "no mask flagged")
+
+# %% [markdown]
+# Each flagged slice, with its mask's outline in red. Look before you trust a score on it.
+
+# %%
+if len(flagged):
+    shown = pairs.set_index("name").loc[flagged.name[:8]]
+    figure, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 4.6), squeeze=False, layout="constrained")
+    for axis, (name, row), reason in zip(axes[0], shown.iterrows(), flagged.reasons):
+        axis.imshow(np.clip((read_slice(row.image_path) + 1000) / 1400, 0, 1), cmap="gray")
+        axis.contour(read_mask(row.mask_path), [0.5], colors="red", linewidths=1)
+        axis.set_title(f"{name}\n{reason}", fontsize=8, wrap=True)
+        axis.set_xticks([]), axis.set_yticks([])
+    figure.suptitle("Flagged masks (red: the mask's outline)" + data_label(dataset["synthetic"]))
+    save_figure(figure, output_dir / "figures" / "01_flagged_masks.png", dataset["synthetic"]);
+
+# %% [markdown]
 # ## Record what we got
 # The next notebook reads these files: the list of pairs, the facts of each slice and a record of the source.
 
@@ -362,6 +440,7 @@ show_pairs(rows, ["CT slice (window -1000..400 HU)", "lung mask"], list(examples
 (output_dir / "data").mkdir(parents=True, exist_ok=True)
 pairs.to_csv(output_dir / "data" / "pairs.csv", index=False)
 facts.to_csv(output_dir / "data" / "slice_facts.csv", index=False)
+audit.to_csv(output_dir / "data" / "label_audit.csv", index=False)
 write_json(output_dir / "data" / "dataset.json",
            {**dataset, "pairs": len(pairs), "stats_csv": str(stats_csv) if stats_csv.is_file() else None})
-print("wrote", output_dir / "data" / "pairs.csv", "and dataset.json")
+print("wrote", output_dir / "data" / "pairs.csv", "label_audit.csv and dataset.json")

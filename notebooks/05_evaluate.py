@@ -367,6 +367,25 @@ summary[summary.resolution == "native"].pivot(index="model", columns="postproces
                                               values=["dice_mean", "hd95_mm_mean", "dice_min"]).round(4)
 
 # %% [markdown]
+# ## All slices, and the slices with sound labels
+# A score is only as good as the mask it is scored against. 01's audit (`audit_mask`) looks at each
+# test mask for signs that it is wrong (lung on the air outside the body, one lung missing, ...).
+# The scores over all test slices and over those whose masks look sound, side by side, with the
+# flagged slices named: nothing is dropped silently.
+
+# %%
+audit = lu.audit_labels(test)
+flagged = dict(zip(audit.name[audit.flagged], audit.reasons[audit.flagged]))
+print(f"flagged test masks: {len(flagged)} of {len(audit)}" + "".join(f"\n  {n}: {r}" for n, r in flagged.items()))
+raw_scores = per_slice[(per_slice.resolution == "native") & ~per_slice.postprocessed]
+sound_scores = raw_scores[~raw_scores.name.isin(flagged)]
+by_labels = pd.DataFrame({"Dice, all slices": raw_scores.groupby("model").dice.mean(),
+                          "Dice, sound labels": sound_scores.groupby("model").dice.mean(),
+                          "worst Dice, all": raw_scores.groupby("model").dice.min(),
+                          "worst Dice, sound labels": sound_scores.groupby("model").dice.min()}).loc[MODELS]
+by_labels.round(4)
+
+# %% [markdown]
 # ## Save the numbers
 # Per-slice rows, the summary, the comparison and the paired test, as CSV and JSON.
 
@@ -378,6 +397,7 @@ comparison.to_csv(evaluation_dir / "comparison.csv")
 lu.write_json(evaluation_dir / "evaluation.json", {
     "data": dataset["source"] + lu.data_label(synthetic), "synthetic": synthetic, "models_dir": str(models_dir),
     "test_slices": len(names), "test_names": names, "threshold": THRESHOLD, "comparison": comparison.to_dict(),
+    "flagged_labels": flagged, "dice_by_labels": by_labels.to_dict(orient="index"),
     "paired_dice": paired, "winner_by_mean_dice": winner, "difference_significant": significant,
     "reference_style_test_metrics": reference_style.to_dict(orient="index"), "summary": summary.to_dict(orient="records")})
 print("wrote", *sorted(p.name for p in evaluation_dir.iterdir()))
