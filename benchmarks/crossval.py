@@ -210,6 +210,9 @@ def main(argv=None) -> int:
                          "best_epochs": [records[f][m]["best_epoch"] for f in records]} for m in MODELS},
         **summarise(per_slice, flagged), "versions": first["versions"],
     }
+    earlier = RESULTS / f"cv{suffix}.json"
+    if args.rescore and earlier.is_file():  # scored again: the command that trained the folds still repeats it
+        result["command"] = json.loads(earlier.read_text())["command"]
     default_scores = RESULTS / "cv-per-slice.csv"
     if args.label and default_scores.is_file():  # an ablation: paired with the defaults, slice by slice
         result["versus_default"] = versus(per_slice, pd.read_csv(default_scores), flagged)
