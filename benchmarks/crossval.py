@@ -122,11 +122,11 @@ def summarise(per_slice: pd.DataFrame, flagged: set) -> dict:
     raw = per_slice[~per_slice.postprocessed]
     dice = raw.assign(variant=raw.model + np.where(raw.tta, "+tta", "")).pivot(index="name", columns="variant",
                                                                                 values="dice")
-    pairs = {"unet - resunet": ("unet", "resunet"), "unet+tta - unet": ("unet+tta", "unet"),
+    compared = {"unet - resunet": ("unet", "resunet"), "unet+tta - unet": ("unet+tta", "unet"),
              "resunet+tta - resunet": ("resunet+tta", "resunet"), "ensemble - resunet": ("ensemble", "resunet"),
              "ensemble - unet": ("ensemble", "unet"), "ensemble+tta - ensemble": ("ensemble+tta", "ensemble")}
     comparisons = {}
-    for label, (a, b) in pairs.items():
+    for label, (a, b) in compared.items():
         comparisons[label] = lu.paired_comparison(dice[a], dice[b])
         sound = dice[~dice.index.isin(flagged)]
         comparisons[label]["sound"] = lu.paired_comparison(sound[a], sound[b])
@@ -167,14 +167,12 @@ def main(argv=None) -> int:
     base = REPO_ROOT / "outputs" / f"cv{suffix}"
     import lungseg_utils as lu
 
-    seconds = {}
     for fold in ([] if args.rescore else args.folds):
         out = base / f"fold_{fold}"
         print(f"=== fold {fold} of {FOLDS} -> {out}", flush=True)
         started = time.perf_counter()
         runner.run_pipeline({**parameters, "FOLD": fold}, str(out.relative_to(REPO_ROOT)), only=["01", "02", "03", "04"])
-        seconds[fold] = time.perf_counter() - started
-        lu.write_json(out / "fold_seconds.json", {"pipeline_01_04_seconds": seconds[fold]})
+        lu.write_json(out / "fold_seconds.json", {"pipeline_01_04_seconds": time.perf_counter() - started})
     trained = [fold for fold in range(FOLDS) if all((base / f"fold_{fold}" / "models" / f"{m}.keras").is_file()
                                                      for m in MODELS)]
     if trained != list(range(FOLDS)):
