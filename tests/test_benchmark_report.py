@@ -18,6 +18,13 @@ def test_augmentation_is_described_in_words():
     assert render_results.describe_augmentation(None) == "off"
     assert (render_results.describe_augmentation({"rotation_degrees": 10.0, "flip_left_right": True, "flip_up_down": False})
             == "left-right flips + rotations up to ±10°")
+    assert (render_results.describe_augmentation({**DEFAULTS["augmentation"], "hu_shift": 40.0, "noise_hu": 15.0})
+            == "HU shift ±40 + noise 15 HU")
+    # a run recorded before the intensity options existed had them off
+    newer = {**DEFAULTS, "augmentation": {**DEFAULTS["augmentation"], "hu_shift": 0.0, "hu_contrast": 0.0, "noise_hu": 0.0}}
+    assert render_results.setting_differences(newer, DEFAULTS) == "–"
+    assert render_results.setting_differences({**newer, "augmentation": {"hu_contrast": 0.1}}, DEFAULTS) == (
+        "augmentation contrast ±0.1")
 
 
 def test_a_row_is_described_and_repeated_by_its_recorded_settings():
