@@ -335,16 +335,37 @@ def preprocess_slice(image_hu: np.ndarray, img_size: int, hu_min: float, hu_max:
     return resize_image(window_hu(image_hu, hu_min, hu_max), img_size)
 
 
+class ImageOnly(keras.layers.Layer):
+    """Apply a layer to channel 0 (the image) of an image+mask stack; the mask passes unchanged."""
+
+    def __init__(self, layer, **kwargs):
+        super().__init__(**kwargs)
+        self.layer = layer
+
+    def call(self, stack, training=None):
+        return tf.concat([self.layer(stack[..., :1], training=training), stack[..., 1:]], axis=-1)
+
+
 def make_augmenter(rotation_degrees: float = 10.0, flip_left_right: bool = True, flip_up_down: bool = False,
-                   seed: int = 0):
-    """Random flips and rotations (Keras preprocessing layers), or None when every option is off."""
+                   hu_shift: float = 0.0, hu_contrast: float = 0.0, noise_hu: float = 0.0,
+                   hu_window: tuple = (-1000, 400), seed: int = 0):
+    """Random flips and rotations of image and mask, and intensity changes of the image alone (Keras
+    preprocessing layers), or None when every option is off. hu_window: the (HU_MIN, HU_MAX) the
+    images were windowed with, to turn HU into windowed units."""
     flips = {(True, False): "horizontal", (False, True): "vertical", (True, True): "horizontal_and_vertical"}
+    width = float(hu_window[1] - hu_window[0])
     steps = []
     if flip_left_right or flip_up_down:
         steps.append(keras.layers.RandomFlip(flips[(bool(flip_left_right), bool(flip_up_down))], seed=seed))
     if rotation_degrees:  # the factor is a fraction of a full turn; rotated-in corners are 0, air after windowing
         steps.append(keras.layers.RandomRotation(rotation_degrees / 360, fill_mode="constant", fill_value=0.0,
                                                  seed=seed))
+    if noise_hu:  # before the shift and contrast, which clip to the window as windowing does
+        steps.append(ImageOnly(keras.layers.GaussianNoise(noise_hu / width, seed=seed)))
+    if hu_shift:
+        steps.append(ImageOnly(keras.layers.RandomBrightness(hu_shift / width, value_range=(0, 1), seed=seed)))
+    if hu_contrast:
+        steps.append(ImageOnly(keras.layers.RandomContrast(hu_contrast, value_range=(0, 1), seed=seed)))
     return keras.Sequential(steps, name="augmentation") if steps else None
 
 
@@ -551,16 +572,23 @@ def pooled_dice(truths, predictions) -> float:
 
 def clean_mask(mask, min_component_fraction: float = 0.01, max_hole_fraction: float = 0.001) -> np.ndarray:
     """Drop islands smaller than ``min_component_fraction`` of the largest region; fill holes no
-    larger than ``max_hole_fraction`` of the slice (at 512x512: up to 262 pixels, vessels)."""
+    larger than ``max_hole_fraction`` of the slice (at 512x512: up to 262 pixels, vessels). A hole
+    is a region of background that does not reach the slice's edge."""
     mask = np.asarray(mask).astype(bool)
     labels, found = ndimage.label(mask)
     if found > 1:
-        sizes = np.bincount(labels.ravel())[1:]
-        mask = np.isin(labels, 1 + np.flatnonzero(sizes >= min_component_fraction * sizes.max()))
-    holes, found = ndimage.label(ndimage.binary_fill_holes(mask) & ~mask)
-    if found:
-        sizes = np.bincount(holes.ravel())[1:]
-        mask = mask | np.isin(holes, 1 + np.flatnonzero(sizes <= max_hole_fraction * mask.size))
+        sizes = np.bincount(labels.ravel())
+        keep = sizes >= min_component_fraction * sizes[1:].max()
+        keep[0] = False  # label 0 is the background
+        mask = keep[labels]
+    background, found = ndimage.label(~mask)
+    if found > 1:
+        sizes = np.bincount(background.ravel())
+        fill = sizes <= max_hole_fraction * mask.size
+        edge = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
+        fill[0] = False
+        fill[edge] = False  # background that reaches the edge is outside, not a hole
+        mask = mask | fill[background]
     return mask.astype(np.uint8)
 
 

@@ -82,13 +82,20 @@ def main_table(benchmark: dict) -> list[str]:
     return lines
 
 
+# Augmentation as 02 records it when off; runs recorded before an option existed had it off.
+AUGMENTATION_OFF = {"rotation_degrees": 0.0, "flip_left_right": False, "flip_up_down": False, "hu_shift": 0.0,
+                    "hu_contrast": 0.0, "noise_hu": 0.0}
+
+
 def describe_augmentation(augmentation: dict | None) -> str:
-    """'off', or e.g. 'left-right flips + rotations up to ±10°'."""
-    augmentation = augmentation or {}
+    """'off', or e.g. 'left-right flips + rotations up to ±10°' or 'HU shift ±40 + noise 15 HU'."""
+    augmentation = {**AUGMENTATION_OFF, **(augmentation or {})}
     parts = [name for key, name in (("flip_left_right", "left-right flips"), ("flip_up_down", "up-down flips"))
-             if augmentation.get(key)]
-    if augmentation.get("rotation_degrees"):
-        parts.append(f"rotations up to ±{augmentation['rotation_degrees']:g}°")
+             if augmentation[key]]
+    for key, text in (("rotation_degrees", "rotations up to ±{:g}°"), ("hu_shift", "HU shift ±{:g}"),
+                      ("hu_contrast", "contrast ±{:g}"), ("noise_hu", "noise {:g} HU")):
+        if augmentation[key]:
+            parts.append(text.format(augmentation[key]))
     return " + ".join(parts) or "off"
 
 
@@ -98,8 +105,11 @@ def setting_differences(settings: dict, defaults: dict) -> str:
     changes = []
     for key, default in defaults.items():
         value = settings.get(key)
-        if value != default:
-            changes.append(f"augmentation {describe_augmentation(value)}" if key == "augmentation" else f"{key} {value}")
+        if key == "augmentation":
+            if describe_augmentation(value) != describe_augmentation(default):
+                changes.append(f"augmentation {describe_augmentation(value)}")
+        elif value != default:
+            changes.append(f"{key} {value}")
     return "; ".join(changes) or "–"
 
 
@@ -107,12 +117,14 @@ def setting_differences(settings: dict, defaults: dict) -> str:
 PARAMETERS = {"img_size": "IMG_SIZE", "hu_min": "HU_MIN", "hu_max": "HU_MAX", "epochs": "EPOCHS",
               "batch_size": "BATCH_SIZE", "learning_rate": "LEARNING_RATE", "base_filters": "BASE_FILTERS",
               "split_seed": "SPLIT_SEED", "rotation_degrees": "ROTATION_DEGREES",
-              "flip_left_right": "FLIP_LEFT_RIGHT", "flip_up_down": "FLIP_UP_DOWN"}
+              "flip_left_right": "FLIP_LEFT_RIGHT", "flip_up_down": "FLIP_UP_DOWN", "hu_shift": "HU_SHIFT",
+              "hu_contrast": "HU_CONTRAST", "noise_hu": "NOISE_HU"}
 
 
 def _flat(settings: dict) -> dict:
     """Recorded settings with the augmentation options lifted to the top level."""
-    return {**{k: v for k, v in settings.items() if k != "augmentation"}, **(settings.get("augmentation") or {})}
+    return {**{k: v for k, v in settings.items() if k != "augmentation"},
+            **AUGMENTATION_OFF, **(settings.get("augmentation") or {})}
 
 
 def repeat_command(benchmark: dict, defaults: dict) -> str:
@@ -215,13 +227,46 @@ def cv_section(cv: dict, ablations: list[dict]) -> list[str]:
     return lines
 
 
+def speed_section(speed: dict) -> list[str]:
+    """Where the time goes (benchmarks/speed.py): the pipeline per notebook, training steps, inference stages."""
+    lines = [f"Measured with `{_portable(speed['command'])}` on {speed['device']}, {speed['date']}, with nothing else "
+             "running; the committed models for inference. Each figure is the fastest of 3 repeats.", ""]
+    if "pipeline" in speed:
+        pipeline = speed["pipeline"]
+        lines += [f"The whole pipeline at the defaults (`{pipeline['command']}`): {pipeline['seconds']:.0f} s. "
+                  "By notebook: " + ", ".join(f"{name} {seconds} s" for name, seconds in pipeline["notebooks_s"].items())
+                  + ". Of that, training: " + ", ".join(
+                      f"{VARIANTS.get(name, name)} {t['training_seconds']:.0f} s ({t['seconds_per_epoch']:.1f} s/epoch, "
+                      f"the first {t['first_epoch_seconds']:.1f} s)" for name, t in pipeline["training"].items()) + ".", ""]
+    steps = speed["training_steps"]
+    variants = list(next(iter(steps["ms_per_step"].values())))
+    lines += [f"Training, ms per step (batch {steps['batch_size']}, {steps['img_size']} px): "
+              + "; ".join(f"{VARIANTS.get(name, name)} " + ", ".join(f"{variant} {ms[variant]:.0f}" for variant in variants)
+                          for name, ms in steps["ms_per_step"].items()) + ".", ""]
+    inference = speed["inference"]
+    stages = list(next(iter(inference["stages_ms_per_slice"].values())))
+    names = list(inference["stages_ms_per_slice"])
+    lines += [f"Inference on the {inference['slices']} slices at {inference['size'][0]}x{inference['size'][1]}, "
+              "ms per slice:", "", "| stage | " + " | ".join(VARIANTS.get(n, n) for n in names) + " |",
+              "|---|" + "---|" * len(names)]
+    lines += [f"| {stage} | " + " | ".join(f"{inference['stages_ms_per_slice'][n][stage]:.2f}" for n in names) + " |"
+              for stage in stages]
+    rates = list(next(iter(inference["slices_per_s"].values())))
+    lines += [f"| **slices/s**, {rate} | " + " | ".join(f"**{inference['slices_per_s'][n][rate]:.0f}**" for n in names)
+              + " |" for rate in rates]
+    return lines + [""]
+
+
 def render() -> str:
     cv_path = RESULTS / "cv.json"
     head = []
     if cv_path.is_file():
         ablations = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("cv-*.json"))]
-        head = ["### Cross-validation: the headline", ""] + cv_section(json.loads(cv_path.read_text()), ablations) + [
-            "### The notebooks' teaching split (33 test slices, 3 training seeds)", ""]
+        head = ["### Cross-validation: the headline", ""] + cv_section(json.loads(cv_path.read_text()), ablations)
+    if (RESULTS / "speed.json").is_file():
+        head += ["### Where the time goes (CPU)", ""] + speed_section(json.loads((RESULTS / "speed.json").read_text()))
+    if head:
+        head += ["### The notebooks' teaching split (33 test slices, 3 training seeds)", ""]
     default = json.loads((RESULTS / "benchmark.json").read_text())
     defaults = default["runs"][0]["settings"]
     others = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("benchmark-*.json"))]

@@ -206,7 +206,8 @@ def make_dataset(images, masks, batch_size: int, training: bool = False, seed: i
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 # %%
-augmenter = lu.make_augmenter(**preprocessing["augmentation"], seed=SEED)  # None: augmentation off
+augmenter = lu.make_augmenter(**preprocessing["augmentation"], hu_window=(preprocessing["hu_min"],
+                                  preprocessing["hu_max"]), seed=SEED)  # None: augmentation off
 train_data = make_dataset(arrays["x_train"], arrays["y_train"], BATCH_SIZE, training=True, seed=SEED,
                           augmenter=augmenter)
 val_data = make_dataset(arrays["x_val"], arrays["y_val"], BATCH_SIZE)

@@ -140,7 +140,8 @@ model.summary(line_length=100)
 # epoch timer) are those of `03_unet`, taken from `lungseg_utils`.
 
 # %%
-augmenter = lu.make_augmenter(**preprocessing["augmentation"], seed=SEED)  # None: augmentation off
+augmenter = lu.make_augmenter(**preprocessing["augmentation"], hu_window=(preprocessing["hu_min"],
+                                  preprocessing["hu_max"]), seed=SEED)  # None: augmentation off
 train_data = lu.make_dataset(arrays["x_train"], arrays["y_train"], BATCH_SIZE, training=True, seed=SEED,
                              augmenter=augmenter)
 val_data = lu.make_dataset(arrays["x_val"], arrays["y_val"], BATCH_SIZE)

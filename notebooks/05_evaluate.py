@@ -251,16 +251,23 @@ def pooled_dice(truths, predictions) -> float:
 
 def clean_mask(mask, min_component_fraction: float = 0.01, max_hole_fraction: float = 0.001) -> np.ndarray:
     """Drop islands smaller than ``min_component_fraction`` of the largest region; fill holes no
-    larger than ``max_hole_fraction`` of the slice (at 512x512: up to 262 pixels, vessels)."""
+    larger than ``max_hole_fraction`` of the slice (at 512x512: up to 262 pixels, vessels). A hole
+    is a region of background that does not reach the slice's edge."""
     mask = np.asarray(mask).astype(bool)
     labels, found = ndimage.label(mask)
     if found > 1:
-        sizes = np.bincount(labels.ravel())[1:]
-        mask = np.isin(labels, 1 + np.flatnonzero(sizes >= min_component_fraction * sizes.max()))
-    holes, found = ndimage.label(ndimage.binary_fill_holes(mask) & ~mask)
-    if found:
-        sizes = np.bincount(holes.ravel())[1:]
-        mask = mask | np.isin(holes, 1 + np.flatnonzero(sizes <= max_hole_fraction * mask.size))
+        sizes = np.bincount(labels.ravel())
+        keep = sizes >= min_component_fraction * sizes[1:].max()
+        keep[0] = False  # label 0 is the background
+        mask = keep[labels]
+    background, found = ndimage.label(~mask)
+    if found > 1:
+        sizes = np.bincount(background.ravel())
+        fill = sizes <= max_hole_fraction * mask.size
+        edge = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
+        fill[0] = False
+        fill[edge] = False  # background that reaches the edge is outside, not a hole
+        mask = mask | fill[background]
     return mask.astype(np.uint8)
 
 # %% [markdown]

@@ -18,6 +18,13 @@ def test_augmentation_is_described_in_words():
     assert render_results.describe_augmentation(None) == "off"
     assert (render_results.describe_augmentation({"rotation_degrees": 10.0, "flip_left_right": True, "flip_up_down": False})
             == "left-right flips + rotations up to ±10°")
+    assert (render_results.describe_augmentation({**DEFAULTS["augmentation"], "hu_shift": 40.0, "noise_hu": 15.0})
+            == "HU shift ±40 + noise 15 HU")
+    # a run recorded before the intensity options existed had them off
+    newer = {**DEFAULTS, "augmentation": {**DEFAULTS["augmentation"], "hu_shift": 0.0, "hu_contrast": 0.0, "noise_hu": 0.0}}
+    assert render_results.setting_differences(newer, DEFAULTS) == "–"
+    assert render_results.setting_differences({**newer, "augmentation": {"hu_contrast": 0.1}}, DEFAULTS) == (
+        "augmentation contrast ±0.1")
 
 
 def test_a_row_is_described_and_repeated_by_its_recorded_settings():
@@ -43,3 +50,19 @@ def test_readme_results_are_the_rendering_of_the_committed_results():
     readme = (REPO_ROOT / "README.md").read_text()
     start = readme.index(render_results.START) + len(render_results.START) + 1
     assert readme[start:readme.index(render_results.END)].rstrip("\n") == render_results.render()
+
+
+def test_the_speed_section_names_every_stage_and_the_rates():
+    speed = {"command": "python benchmarks/speed.py --data-dir /x/shared/data/finding-lungs-in-ct-data", "device": "CPU",
+             "date": "2026-11-23",
+             "pipeline": {"seconds": 400.4, "notebooks_s": {"01_download": 8, "03_unet": 200}, "command": "python -m lungseg.runner",
+                          "training": {"unet": {"training_seconds": 190.0, "seconds_per_epoch": 7.4, "first_epoch_seconds": 12.0}}},
+             "training_steps": {"batch_size": 8, "img_size": 256, "ms_per_step": {"unet": {"float32": 400.0, "XLA": 500.0}}},
+             "inference": {"slices": 217, "size": [512, 512],
+                           "stages_ms_per_slice": {"unet": {"read file": 0.4, "clean_mask": 3.5}},
+                           "slices_per_s": {"unet": {"predict_masks with post-processing (batch 8)": 45.2}}}}
+    text = "\n".join(render_results.speed_section(speed))
+    assert "`python benchmarks/speed.py --data-dir ../shared/data/finding-lungs-in-ct-data`" in text
+    assert "400 s. By notebook: 01_download 8 s, 03_unet 200 s" in text and "U-Net 190 s (7.4 s/epoch, the first 12.0 s)" in text
+    assert "U-Net float32 400, XLA 500" in text
+    assert "| clean_mask | 3.50 |" in text and "| **slices/s**, predict_masks with post-processing (batch 8) | **45** |" in text

@@ -4,6 +4,7 @@ DICOM, PNG and bad input."""
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage
 
 from lungseg_utils import (LungsegError, clean_mask, hd95, lung_measurements, overlap_scores, paired_comparison,
                            pooled_dice, predict_masks, predict_probabilities, preprocess_slice,
@@ -63,6 +64,16 @@ def test_post_processing_drops_islands_fills_small_holes_keeps_large_ones():
     assert cleaned[5:15, 50:60].all()  # 100 px >= 1% of 900 px: kept, a small third lung piece survives
     assert cleaned[10, 10] == 1 and cleaned[25, 25] == 0  # the vessel is filled, the cyst is not
     assert clean_mask(np.zeros((8, 8))).sum() == 0
+
+
+def test_holes_are_the_background_that_does_not_reach_the_edge(real_data, real_names):
+    """With every island kept and any hole size allowed, clean_mask is SciPy's binary_fill_holes."""
+    rng = np.random.default_rng(0)
+    masks = [(rng.random((int(rng.integers(8, 60)), int(rng.integers(8, 60)))) < rng.uniform(0.3, 0.8)) for _ in range(50)]
+    real = read_mask(real_data / "2d_masks" / real_names[0]).astype(bool)
+    real[100:110, 100:110] ^= True  # a hole in a lung, or a speck outside it
+    for mask in masks + [real, ~real]:
+        np.testing.assert_array_equal(clean_mask(mask, 0.0, 1.0), ndimage.binary_fill_holes(mask))
 
 
 def test_lung_measurements_reproduce_lung_stats(real_data, real_names):

@@ -88,6 +88,25 @@ def test_left_right_flip_mirrors_image_and_mask(real_data, real_names):
     assert all(m or u for m, u in zip(mirrored, unchanged)) and any(mirrored) and any(unchanged)
 
 
+def test_intensity_augmentation_changes_the_image_alone_by_the_hu_asked(real_data, real_names):
+    image = preprocess_slice(read_slice(real_data / "2d_images" / real_names[0]), 64, -1000, 400)[None, ..., None]
+    mask = resize_mask(read_mask(real_data / "2d_masks" / real_names[0]), 64)[None, ..., None]
+    images, masks = np.repeat(image, 16, axis=0), np.repeat(mask, 16, axis=0)
+    soft = (image > 0.05) & (image < 0.95)  # pixels the window does not clip, where a shift shows in full
+    shifted, shifted_masks = augment_pair(images, masks, make_augmenter(0.0, False, hu_shift=70.0, seed=0))
+    shifts = [float(np.median(s[soft[0]] - image[0][soft[0]])) * 1400 for s in shifted.numpy()]
+    assert max(abs(x) for x in shifts) <= 70.0 + 1e-3 and np.std(shifts) > 10  # up to ±70 HU, different per slice
+    np.testing.assert_array_equal(shifted_masks.numpy(), masks)
+    noisy, noisy_masks = augment_pair(images, masks, make_augmenter(0.0, False, noise_hu=28.0, seed=0))
+    assert np.std((noisy.numpy() - images)[:, soft[0]]) * 1400 == pytest.approx(28.0, rel=0.1)
+    np.testing.assert_array_equal(noisy_masks.numpy(), masks)
+    contrast, _ = augment_pair(images, masks, make_augmenter(0.0, False, hu_contrast=0.2, seed=0))
+    assert 0.0 <= contrast.numpy().min() and contrast.numpy().max() <= 1.0  # clipped to the window, as windowing does
+    assert not np.array_equal(contrast.numpy()[0], contrast.numpy()[1])
+    wide, _ = augment_pair(images, masks, make_augmenter(0.0, False, hu_shift=70.0, hu_window=(-1400, 1400), seed=0))
+    assert np.abs(wide.numpy() - images)[:, soft[0]].max() * 2800 <= 70.0 + 1e-3  # HU turned into the window's units
+
+
 def _small_arrays(real_data, names, size=32):
     images = np.stack([preprocess_slice(read_slice(real_data / "2d_images" / n), size, -1000, 400) for n in names])
     masks = np.stack([resize_mask(read_mask(real_data / "2d_masks" / n), size) for n in names])
