@@ -230,7 +230,8 @@ def cv_section(cv: dict, ablations: list[dict]) -> list[str]:
 def speed_section(speed: dict) -> list[str]:
     """Where the time goes (benchmarks/speed.py): the pipeline per notebook, training steps, inference stages."""
     lines = [f"Measured with `{_portable(speed['command'])}` on {speed['device']}, {speed['date']}, with nothing else "
-             "running; the committed models for inference. Each figure is the fastest of 3 repeats.", ""]
+             "running; the committed models for inference. Inference stages: the fastest of 3 repeats; training "
+             f"steps: {speed['training_steps'].get('measured', 'one measurement')}; the pipeline: one run.", ""]
     if "pipeline" in speed:
         pipeline = speed["pipeline"]
         lines += [f"The whole pipeline at the defaults (`{pipeline['command']}`): {pipeline['seconds']:.0f} s. "
