@@ -99,12 +99,17 @@ def describe_augmentation(augmentation: dict | None) -> str:
     return " + ".join(parts) or "off"
 
 
+# Settings added after some runs were recorded, with the value those runs had.
+LATER_SETTINGS = {"mixed_precision": False}
+
+
 def setting_differences(settings: dict, defaults: dict) -> str:
     """How a run's settings differ from the default run's, e.g. 'base_filters 16; augmentation off'.
     Computed from what each run recorded, so rows stay right when the defaults change."""
     changes = []
-    for key, default in defaults.items():
-        value = settings.get(key)
+    for key, default in {**defaults, **{k: v for k, v in LATER_SETTINGS.items() if k not in defaults}}.items():
+        value = LATER_SETTINGS.get(key) if settings.get(key) is None else settings[key]
+        default = LATER_SETTINGS.get(key) if default is None else default
         if key == "augmentation":
             if describe_augmentation(value) != describe_augmentation(default):
                 changes.append(f"augmentation {describe_augmentation(value)}")
@@ -118,12 +123,12 @@ PARAMETERS = {"img_size": "IMG_SIZE", "hu_min": "HU_MIN", "hu_max": "HU_MAX", "e
               "batch_size": "BATCH_SIZE", "learning_rate": "LEARNING_RATE", "base_filters": "BASE_FILTERS",
               "split_seed": "SPLIT_SEED", "rotation_degrees": "ROTATION_DEGREES",
               "flip_left_right": "FLIP_LEFT_RIGHT", "flip_up_down": "FLIP_UP_DOWN", "hu_shift": "HU_SHIFT",
-              "hu_contrast": "HU_CONTRAST", "noise_hu": "NOISE_HU"}
+              "hu_contrast": "HU_CONTRAST", "noise_hu": "NOISE_HU", "mixed_precision": "MIXED_PRECISION"}
 
 
 def _flat(settings: dict) -> dict:
     """Recorded settings with the augmentation options lifted to the top level."""
-    return {**{k: v for k, v in settings.items() if k != "augmentation"},
+    return {**LATER_SETTINGS, **{k: v for k, v in settings.items() if k != "augmentation" and v is not None},
             **AUGMENTATION_OFF, **(settings.get("augmentation") or {})}
 
 

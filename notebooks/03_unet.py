@@ -71,6 +71,7 @@ EPOCHS = 25
 BATCH_SIZE = 8
 LEARNING_RATE = 3e-3  # not the usual 1e-3: see "Compile" below
 BASE_FILTERS = 8
+MIXED_PRECISION = False  # True: compute in bfloat16 where the hardware supports it (see "Mixed precision")
 SEED = 0
 
 # %% [markdown]
@@ -88,7 +89,8 @@ preprocessing = json.loads((output_dir / "data" / "preprocess.json").read_text()
 with np.load(output_dir / "data" / "arrays.npz") as archive:
     arrays = dict(archive)
 lu.config_table({"OUTPUT_DIR": output_dir, "IMG_SIZE": IMG_SIZE, "EPOCHS": EPOCHS, "BATCH_SIZE": BATCH_SIZE,
-                 "LEARNING_RATE": LEARNING_RATE, "BASE_FILTERS": BASE_FILTERS, "SEED": SEED,
+                 "LEARNING_RATE": LEARNING_RATE, "BASE_FILTERS": BASE_FILTERS,
+                 "MIXED_PRECISION": MIXED_PRECISION, "SEED": SEED,
                  "data": preprocessing["data_source"] + lu.data_label(preprocessing["synthetic"]),
                  "slices": preprocessing["slices"], "device": describe_device()})
 
@@ -129,8 +131,20 @@ def build_unet(img_size, base_filters, depth=4):
         x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"up{level + 1}_transpose")(x)
         x = layers.Concatenate(name=f"up{level + 1}_skip")([x, skips[level]])
         x = conv_block(x, filters, name=f"up{level + 1}")
-    outputs = layers.Conv2D(1, 1, activation="sigmoid", name="lung_probability")(x)
+    # float32 output: under mixed precision the probabilities and the loss keep full precision
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="lung_probability")(x)
     return keras.Model(inputs, outputs, name="unet")
+
+# %% [markdown]
+# ## Mixed precision (optional)
+# With `MIXED_PRECISION = True` the layers compute in bfloat16 (half the bits of float32, the same
+# range) and keep their weights in float32. On hardware with bfloat16 arithmetic (GPUs from NVIDIA
+# Ampere on; CPUs with AVX512-BF16 or AMX) a training step is faster; on other hardware it can be
+# slower. The README's Results give the measured speed and its effect on Dice. The policy is
+# global: it applies to every layer built after this cell.
+
+# %%
+keras.mixed_precision.set_global_policy("mixed_bfloat16" if MIXED_PRECISION else "float32")
 
 # %%
 keras.utils.set_random_seed(SEED)  # the same initial weights and shuffling on every run
@@ -290,7 +304,8 @@ model.fit(train_data, validation_data=val_data, epochs=EPOCHS, callbacks=callbac
 
 # %%
 settings = {**preprocessing, "epochs": EPOCHS, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
-            "learning_rate_schedule": "cosine decay to 1%", "base_filters": BASE_FILTERS, "seed": SEED,
+            "learning_rate_schedule": "cosine decay to 1%", "base_filters": BASE_FILTERS,
+            "mixed_precision": MIXED_PRECISION, "seed": SEED,
             "training_slices": list(arrays["names_train"]), "validation_slices": list(arrays["names_val"])}
 record = finish_training(model, "unet", models_dir, settings)
 model = keras.saving.load_model(models_dir / "unet.keras")  # the best epoch, not the last

@@ -64,6 +64,7 @@ EPOCHS = 25
 BATCH_SIZE = 8
 LEARNING_RATE = 3e-3  # 03_unet explains why not 1e-3
 BASE_FILTERS = 8
+MIXED_PRECISION = False  # True: bfloat16 compute; 03_unet explains when it helps
 SEED = 0
 
 # %% [markdown]
@@ -79,7 +80,8 @@ preprocessing = json.loads((output_dir / "data" / "preprocess.json").read_text()
 with np.load(output_dir / "data" / "arrays.npz") as archive:
     arrays = dict(archive)
 lu.config_table({"OUTPUT_DIR": output_dir, "IMG_SIZE": IMG_SIZE, "EPOCHS": EPOCHS, "BATCH_SIZE": BATCH_SIZE,
-                 "LEARNING_RATE": LEARNING_RATE, "BASE_FILTERS": BASE_FILTERS, "SEED": SEED,
+                 "LEARNING_RATE": LEARNING_RATE, "BASE_FILTERS": BASE_FILTERS,
+                 "MIXED_PRECISION": MIXED_PRECISION, "SEED": SEED,
                  "data": preprocessing["data_source"] + lu.data_label(preprocessing["synthetic"]),
                  "slices": preprocessing["slices"], "device": lu.describe_device()})
 
@@ -125,10 +127,11 @@ def build_resunet(img_size, base_filters, depth=4):
         x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"up{level + 1}_transpose")(x)
         x = layers.Concatenate(name=f"up{level + 1}_skip")([x, skips[level]])
         x = residual_block(x, filters, name=f"up{level + 1}")
-    outputs = layers.Conv2D(1, 1, activation="sigmoid", name="lung_probability")(x)
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="lung_probability")(x)
     return keras.Model(inputs, outputs, name="resunet")
 
 # %%
+keras.mixed_precision.set_global_policy("mixed_bfloat16" if MIXED_PRECISION else "float32")  # as in 03_unet
 keras.utils.set_random_seed(SEED)
 model = build_resunet(IMG_SIZE, BASE_FILTERS)
 model.summary(line_length=100)
@@ -163,7 +166,8 @@ model.fit(train_data, validation_data=val_data, epochs=EPOCHS, callbacks=callbac
 
 # %%
 settings = {**preprocessing, "epochs": EPOCHS, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
-            "learning_rate_schedule": "cosine decay to 1%", "base_filters": BASE_FILTERS, "seed": SEED,
+            "learning_rate_schedule": "cosine decay to 1%", "base_filters": BASE_FILTERS,
+            "mixed_precision": MIXED_PRECISION, "seed": SEED,
             "training_slices": list(arrays["names_train"]), "validation_slices": list(arrays["names_val"])}
 record = lu.finish_training(model, "resunet", models_dir, settings)
 model = keras.saving.load_model(models_dir / "resunet.keras")  # the best epoch, not the last

@@ -39,6 +39,19 @@ def test_a_row_is_described_and_repeated_by_its_recorded_settings():
         "-p IMG_SIZE 384 -p LEARNING_RATE 0.001 -p ROTATION_DEGREES 10.0")
 
 
+def test_mixed_precision_counts_as_off_where_a_run_did_not_record_it():
+    older = {k: v for k, v in DEFAULTS.items()}  # recorded before MIXED_PRECISION existed
+    newer = {**DEFAULTS, "mixed_precision": False}
+    assert render_results.setting_differences(newer, older) == "–"
+    assert render_results.setting_differences(older, newer) == "–"
+    assert render_results.setting_differences({**newer, "mixed_precision": True, "epochs": 15}, older) == (
+        "epochs 15; mixed_precision True")
+    assert render_results.setting_differences({**older, "mixed_precision": None}, newer) == "–"  # crossval's .get
+    bf16 = {"label": "bf16", "runs": [{"seed": 0, "settings": {**DEFAULTS, "mixed_precision": True}}]}
+    assert render_results.repeat_command(bf16, older).endswith("--label bf16 -p MIXED_PRECISION True")
+    assert render_results.repeat_command({**bf16, "runs": [{"seed": 0, "settings": newer}]}, older).endswith("bf16")
+
+
 def test_commands_name_the_data_folder_portably():
     command = "python benchmarks/benchmark.py --data-dir /work/shared/data/finding-lungs-in-ct-data --seeds 0"
     assert render_results._portable(command) == (

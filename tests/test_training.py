@@ -59,6 +59,8 @@ def test_the_training_cells_of_03_keep_the_best_epoch_with_its_record(real_array
     for key in ("img_size", "hu_min", "hu_max", "epochs", "batch_size", "learning_rate", "seed", "base_filters",
                 "data_source", "seconds_per_epoch", "training_seconds", "device", "versions", "parameters"):
         assert key in record, key
+    assert record["mixed_precision"] is False
+    assert namespace["model"].get_layer("down1_conv1").compute_dtype == "float32"
     assert record["training_slices"] == list(real_arrays["names_train"])
     assert record["validation_slices"] == list(real_arrays["names_val"])
     assert not list(models.glob("*in-progress*"))
@@ -68,6 +70,24 @@ def test_the_training_cells_of_03_keep_the_best_epoch_with_its_record(real_array
                                return_dict=True)
     assert scores["iou_coef"] == pytest.approx(record["best_val_iou"], abs=1e-4)
     assert namespace["model"].count_params() == record["parameters"]
+
+
+def test_mixed_precision_computes_in_bfloat16_and_keeps_a_float32_output(real_arrays, tmp_path):
+    output = write_training_inputs(real_arrays, tmp_path / "out")
+    try:
+        namespace = run_cells("03_unet", {**QUICK, "MIXED_PRECISION": True, "OUTPUT_DIR": str(output)})
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # the policy is global: leave it as found
+    record = json.loads((output / "models" / "unet.json").read_text())
+    assert record["mixed_precision"] is True
+    reloaded = keras.saving.load_model(output / "models" / "unet.keras")
+    for model in (namespace["model"], reloaded):
+        assert model.get_layer("down1_conv1").compute_dtype == "bfloat16"
+        assert model.get_layer("down1_conv1").variable_dtype == "float32"  # the weights stay float32
+        assert model.get_layer("lung_probability").compute_dtype == "float32"
+    probabilities = reloaded.predict(real_arrays["x_val"][:2], verbose=0)
+    assert probabilities.dtype == np.float32 and 0 <= probabilities.min() and probabilities.max() <= 1
+    assert record["best_val_dice"] > 0.5  # it trains: 0.61 here, 0.63 in float32 (3 epochs at 64 px)
 
 
 def _earlier_run(models):
