@@ -140,8 +140,10 @@ def build_unet(img_size, base_filters, depth=4):
 # With `MIXED_PRECISION = True` the layers compute in bfloat16 (half the bits of float32, the same
 # range) and keep their weights in float32. On hardware with bfloat16 arithmetic (GPUs from NVIDIA
 # Ampere on; CPUs with AVX512-BF16 or AMX) a training step is faster; on other hardware it can be
-# slower. The README's Results give the measured speed and its effect on Dice. The policy is
-# global: it applies to every layer built after this cell.
+# slower. On a 2-core AVX512-BF16 CPU it made training about 14% shorter; in the 5-fold
+# cross-validation it moved the per-slice Dice by +0.0003 (U-Net) and −0.0003 (Residual U-Net),
+# about what another training seed does (README, Results), so float32 stays the default. The policy
+# is global: it applies to every layer built after this cell.
 
 # %%
 keras.mixed_precision.set_global_policy("mixed_bfloat16" if MIXED_PRECISION else "float32")
