@@ -103,13 +103,18 @@ def describe_augmentation(augmentation: dict | None) -> str:
 LATER_SETTINGS = {"mixed_precision": False}
 
 
+def _with_later(settings: dict) -> dict:
+    """Recorded settings, with the value a run had for each setting it predates (missing or None)."""
+    return {**settings, **{k: v for k, v in LATER_SETTINGS.items() if settings.get(k) is None}}
+
+
 def setting_differences(settings: dict, defaults: dict) -> str:
     """How a run's settings differ from the default run's, e.g. 'base_filters 16; augmentation off'.
     Computed from what each run recorded, so rows stay right when the defaults change."""
     changes = []
-    for key, default in {**defaults, **{k: v for k, v in LATER_SETTINGS.items() if k not in defaults}}.items():
-        value = LATER_SETTINGS.get(key) if settings.get(key) is None else settings[key]
-        default = LATER_SETTINGS.get(key) if default is None else default
+    settings = _with_later(settings)
+    for key, default in _with_later(defaults).items():
+        value = settings.get(key)
         if key == "augmentation":
             if describe_augmentation(value) != describe_augmentation(default):
                 changes.append(f"augmentation {describe_augmentation(value)}")
@@ -128,7 +133,7 @@ PARAMETERS = {"img_size": "IMG_SIZE", "hu_min": "HU_MIN", "hu_max": "HU_MAX", "e
 
 def _flat(settings: dict) -> dict:
     """Recorded settings with the augmentation options lifted to the top level."""
-    return {**LATER_SETTINGS, **{k: v for k, v in settings.items() if k != "augmentation" and v is not None},
+    return {**{k: v for k, v in _with_later(settings).items() if k != "augmentation"},
             **AUGMENTATION_OFF, **(settings.get("augmentation") or {})}
 
 

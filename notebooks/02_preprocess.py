@@ -313,9 +313,9 @@ def augment_pair(images, masks, augmenter):
 # +0.0000..+0.0004): too little to tell from chance, so they stay off as well. The slices all come
 # from one collection and its scanners; on your own scans, if they vary more (other scanners,
 # patient positions), try `ROTATION_DEGREES = 10`, `FLIP_LEFT_RIGHT = True` or the intensity options
-# and compare on your validation slices. Below: one training slice (left) and five random augmentations of it, with the
-# settings above, or, when they switch augmentation off, with example settings (flips, ±10°, ±40 HU,
-# contrast ±0.1, noise 15 HU).
+# and compare on your validation slices. Below: one training slice (left) and five random
+# augmentations of it, with the settings above, or, when they switch augmentation off, with example
+# settings (flips, ±10°, ±40 HU, contrast ±0.1, noise 15 HU).
 
 # %%
 augmentation_on = any(augmentation.values())

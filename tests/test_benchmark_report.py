@@ -40,7 +40,7 @@ def test_a_row_is_described_and_repeated_by_its_recorded_settings():
 
 
 def test_mixed_precision_counts_as_off_where_a_run_did_not_record_it():
-    older = {k: v for k, v in DEFAULTS.items()}  # recorded before MIXED_PRECISION existed
+    older = dict(DEFAULTS)  # recorded before MIXED_PRECISION existed
     newer = {**DEFAULTS, "mixed_precision": False}
     assert render_results.setting_differences(newer, older) == "–"
     assert render_results.setting_differences(older, newer) == "–"
