@@ -400,14 +400,31 @@ def iou_coef(y_true, y_pred, threshold=0.5, eps=1e-6):
 
 
 @keras.saving.register_keras_serializable(package="lungseg")
-def bce_dice_loss(y_true, y_pred, smooth=1.0):
-    """Per-image mean binary cross-entropy + (1 - soft Dice), soft Dice = (2Σtp + 1) / (Σt + Σp + 1)."""
+def bce_dice_loss(y_true, y_pred, smooth=1.0, dice_weight=1.0):
+    """Per-image mean binary cross-entropy + dice_weight * (1 - soft Dice),
+    soft Dice = (2Σtp + 1) / (Σt + Σp + 1)."""
     truth = ops.cast(y_true, "float32")
     probability = ops.clip(ops.cast(y_pred, "float32"), 1e-7, 1.0 - 1e-7)
     bce = -ops.mean(truth * ops.log(probability) + (1.0 - truth) * ops.log(1.0 - probability), axis=_AXES)
     soft_dice = (2.0 * ops.sum(truth * probability, axis=_AXES) + smooth) / (
         ops.sum(truth, axis=_AXES) + ops.sum(probability, axis=_AXES) + smooth)
-    return bce + (1.0 - soft_dice)
+    return bce + dice_weight * (1.0 - soft_dice)
+
+
+@keras.saving.register_keras_serializable(package="lungseg")
+class WeightedBceDiceLoss(keras.losses.Loss):
+    """``bce_dice_loss`` with another weight on the Dice term, as a Keras loss object: a saved model
+    keeps the weight (a plain function is saved by its name only)."""
+
+    def __init__(self, dice_weight=1.0, name="bce_dice_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.dice_weight = float(dice_weight)
+
+    def call(self, y_true, y_pred):
+        return bce_dice_loss(y_true, y_pred, dice_weight=self.dice_weight)
+
+    def get_config(self):
+        return {**super().get_config(), "dice_weight": self.dice_weight}
 
 
 def make_dataset(images, masks, batch_size: int, training: bool = False, seed: int = 0, augmenter=None):

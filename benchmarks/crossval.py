@@ -202,7 +202,7 @@ def main(argv=None) -> int:
         "device": first["device"], "machine": platform.platform(), "date": time.strftime("%Y-%m-%d"),
         "command": "python benchmarks/crossval.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "settings": {k: first.get(k) for k in ("img_size", "hu_min", "hu_max", "epochs", "batch_size", "learning_rate",
-                                               "base_filters", "augmentation", "mixed_precision", "seed")},
+                                               "base_filters", "augmentation", "mixed_precision", "dice_weight", "seed")},
         "training": {m: {"seconds_per_epoch_mean": float(np.mean([records[f][m]["seconds_per_epoch"] for f in records])),
                          "training_seconds_mean": float(np.mean([records[f][m]["training_seconds"] for f in records])),
                          "best_epochs": [records[f][m]["best_epoch"] for f in records]} for m in MODELS},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from pathlib import Path
 
@@ -25,14 +26,16 @@ def available_memory_gb() -> float | None:
     return None
 
 
-def check_training_settings(epochs, batch_size, img_size, base_filters, learning_rate=1e-3) -> None:
-    """EPOCHS, BATCH_SIZE, BASE_FILTERS: whole numbers >= 1; LEARNING_RATE > 0; and, on a CPU, a
-    batch whose estimated memory fits in 80% of the memory available."""
+def check_training_settings(epochs, batch_size, img_size, base_filters, learning_rate=1e-3, dice_weight=1.0) -> None:
+    """EPOCHS, BATCH_SIZE, BASE_FILTERS: whole numbers >= 1; LEARNING_RATE > 0; DICE_WEIGHT >= 0;
+    and, on a CPU, a batch whose estimated memory fits in 80% of the memory available."""
     for name, value in (("EPOCHS", epochs), ("BATCH_SIZE", batch_size), ("BASE_FILTERS", base_filters)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise LungsegError(f"{name}={value!r}: use a whole number of at least 1.")
     if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real) or not learning_rate > 0:
         raise LungsegError(f"LEARNING_RATE={learning_rate!r}: use a positive number such as 0.003.")
+    if isinstance(dice_weight, bool) or not isinstance(dice_weight, numbers.Real) or not 0 <= dice_weight < math.inf:
+        raise LungsegError(f"DICE_WEIGHT={dice_weight!r}: use a number of at least 0 (1.0: BCE + Dice, 0: BCE alone).")
     if tf.config.list_physical_devices("GPU"):
         return
     needed, available = estimate_training_memory_gb(img_size, base_filters, batch_size), available_memory_gb()

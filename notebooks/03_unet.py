@@ -72,6 +72,7 @@ BATCH_SIZE = 8
 LEARNING_RATE = 3e-3  # not the usual 1e-3: see "Compile" below
 BASE_FILTERS = 8
 MIXED_PRECISION = False  # True: compute in bfloat16 where the hardware supports it (see "Mixed precision")
+DICE_WEIGHT = 1.0  # the loss is BCE + DICE_WEIGHT x (1 - soft Dice); see "Loss and metrics"
 SEED = 0
 
 # %% [markdown]
@@ -83,14 +84,14 @@ SEED = 0
 output_dir = REPO_ROOT / OUTPUT_DIR
 models_dir = output_dir / "models"
 lu.check_img_size(IMG_SIZE)
-check_training_settings(EPOCHS, BATCH_SIZE, IMG_SIZE, BASE_FILTERS, LEARNING_RATE)
+check_training_settings(EPOCHS, BATCH_SIZE, IMG_SIZE, BASE_FILTERS, LEARNING_RATE, DICE_WEIGHT)
 ensure_inputs("03", OUTPUT_DIR, IMG_SIZE)
 preprocessing = json.loads((output_dir / "data" / "preprocess.json").read_text())
 with np.load(output_dir / "data" / "arrays.npz") as archive:
     arrays = dict(archive)
 lu.config_table({"OUTPUT_DIR": output_dir, "IMG_SIZE": IMG_SIZE, "EPOCHS": EPOCHS, "BATCH_SIZE": BATCH_SIZE,
                  "LEARNING_RATE": LEARNING_RATE, "BASE_FILTERS": BASE_FILTERS,
-                 "MIXED_PRECISION": MIXED_PRECISION, "SEED": SEED,
+                 "MIXED_PRECISION": MIXED_PRECISION, "DICE_WEIGHT": DICE_WEIGHT, "SEED": SEED,
                  "data": preprocessing["data_source"] + lu.data_label(preprocessing["synthetic"]),
                  "slices": preprocessing["slices"], "device": describe_device()})
 
@@ -187,14 +188,31 @@ def iou_coef(y_true, y_pred, threshold=0.5, eps=1e-6):
 
 
 @keras.saving.register_keras_serializable(package="lungseg")
-def bce_dice_loss(y_true, y_pred, smooth=1.0):
-    """Per-image mean binary cross-entropy + (1 - soft Dice), soft Dice = (2Σtp + 1) / (Σt + Σp + 1)."""
+def bce_dice_loss(y_true, y_pred, smooth=1.0, dice_weight=1.0):
+    """Per-image mean binary cross-entropy + dice_weight * (1 - soft Dice),
+    soft Dice = (2Σtp + 1) / (Σt + Σp + 1)."""
     truth = ops.cast(y_true, "float32")
     probability = ops.clip(ops.cast(y_pred, "float32"), 1e-7, 1.0 - 1e-7)
     bce = -ops.mean(truth * ops.log(probability) + (1.0 - truth) * ops.log(1.0 - probability), axis=_AXES)
     soft_dice = (2.0 * ops.sum(truth * probability, axis=_AXES) + smooth) / (
         ops.sum(truth, axis=_AXES) + ops.sum(probability, axis=_AXES) + smooth)
-    return bce + (1.0 - soft_dice)
+    return bce + dice_weight * (1.0 - soft_dice)
+
+
+@keras.saving.register_keras_serializable(package="lungseg")
+class WeightedBceDiceLoss(keras.losses.Loss):
+    """``bce_dice_loss`` with another weight on the Dice term, as a Keras loss object: a saved model
+    keeps the weight (a plain function is saved by its name only)."""
+
+    def __init__(self, dice_weight=1.0, name="bce_dice_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.dice_weight = float(dice_weight)
+
+    def call(self, y_true, y_pred):
+        return bce_dice_loss(y_true, y_pred, dice_weight=self.dice_weight)
+
+    def get_config(self):
+        return {**super().get_config(), "dice_weight": self.dice_weight}
 
 # %%
 truth = np.zeros((1, 8, 8, 1), np.float32)
@@ -245,7 +263,8 @@ print(f"{len(train_data)} training batches and {len(val_data)} validation batche
 # %%
 steps = math.ceil(len(arrays["x_train"]) / BATCH_SIZE) * EPOCHS
 schedule = keras.optimizers.schedules.CosineDecay(LEARNING_RATE, decay_steps=steps, alpha=0.01)
-model.compile(optimizer=keras.optimizers.Adam(schedule), loss=bce_dice_loss, metrics=[dice_coef, iou_coef])
+loss = bce_dice_loss if DICE_WEIGHT == 1 else WeightedBceDiceLoss(DICE_WEIGHT)
+model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=[dice_coef, iou_coef])
 
 # %% [markdown]
 # ## Fit, keeping the best epoch
@@ -307,7 +326,7 @@ model.fit(train_data, validation_data=val_data, epochs=EPOCHS, callbacks=callbac
 # %%
 settings = {**preprocessing, "epochs": EPOCHS, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
             "learning_rate_schedule": "cosine decay to 1%", "base_filters": BASE_FILTERS,
-            "mixed_precision": MIXED_PRECISION, "seed": SEED,
+            "mixed_precision": MIXED_PRECISION, "dice_weight": DICE_WEIGHT, "seed": SEED,
             "training_slices": list(arrays["names_train"]), "validation_slices": list(arrays["names_val"])}
 record = finish_training(model, "unet", models_dir, settings)
 model = keras.saving.load_model(models_dir / "unet.keras")  # the best epoch, not the last

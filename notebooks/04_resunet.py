@@ -65,6 +65,7 @@ BATCH_SIZE = 8
 LEARNING_RATE = 3e-3  # 03_unet explains why not 1e-3
 BASE_FILTERS = 8
 MIXED_PRECISION = False  # True: bfloat16 compute; 03_unet explains when it helps
+DICE_WEIGHT = 1.0  # the weight of the loss's Dice term; 03_unet explains it
 SEED = 0
 
 # %% [markdown]
@@ -74,14 +75,14 @@ SEED = 0
 output_dir = REPO_ROOT / OUTPUT_DIR
 models_dir = output_dir / "models"
 lu.check_img_size(IMG_SIZE)
-check_training_settings(EPOCHS, BATCH_SIZE, IMG_SIZE, BASE_FILTERS, LEARNING_RATE)
+check_training_settings(EPOCHS, BATCH_SIZE, IMG_SIZE, BASE_FILTERS, LEARNING_RATE, DICE_WEIGHT)
 ensure_inputs("04", OUTPUT_DIR, IMG_SIZE)
 preprocessing = json.loads((output_dir / "data" / "preprocess.json").read_text())
 with np.load(output_dir / "data" / "arrays.npz") as archive:
     arrays = dict(archive)
 lu.config_table({"OUTPUT_DIR": output_dir, "IMG_SIZE": IMG_SIZE, "EPOCHS": EPOCHS, "BATCH_SIZE": BATCH_SIZE,
                  "LEARNING_RATE": LEARNING_RATE, "BASE_FILTERS": BASE_FILTERS,
-                 "MIXED_PRECISION": MIXED_PRECISION, "SEED": SEED,
+                 "MIXED_PRECISION": MIXED_PRECISION, "DICE_WEIGHT": DICE_WEIGHT, "SEED": SEED,
                  "data": preprocessing["data_source"] + lu.data_label(preprocessing["synthetic"]),
                  "slices": preprocessing["slices"], "device": lu.describe_device()})
 
@@ -150,7 +151,8 @@ train_data = lu.make_dataset(arrays["x_train"], arrays["y_train"], BATCH_SIZE, t
 val_data = lu.make_dataset(arrays["x_val"], arrays["y_val"], BATCH_SIZE)
 steps = math.ceil(len(arrays["x_train"]) / BATCH_SIZE) * EPOCHS
 schedule = keras.optimizers.schedules.CosineDecay(LEARNING_RATE, decay_steps=steps, alpha=0.01)
-model.compile(optimizer=keras.optimizers.Adam(schedule), loss=lu.bce_dice_loss, metrics=[lu.dice_coef, lu.iou_coef])
+loss = lu.bce_dice_loss if DICE_WEIGHT == 1 else lu.WeightedBceDiceLoss(DICE_WEIGHT)
+model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=[lu.dice_coef, lu.iou_coef])
 
 # %%
 models_dir.mkdir(parents=True, exist_ok=True)
@@ -167,7 +169,7 @@ model.fit(train_data, validation_data=val_data, epochs=EPOCHS, callbacks=callbac
 # %%
 settings = {**preprocessing, "epochs": EPOCHS, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
             "learning_rate_schedule": "cosine decay to 1%", "base_filters": BASE_FILTERS,
-            "mixed_precision": MIXED_PRECISION, "seed": SEED,
+            "mixed_precision": MIXED_PRECISION, "dice_weight": DICE_WEIGHT, "seed": SEED,
             "training_slices": list(arrays["names_train"]), "validation_slices": list(arrays["names_val"])}
 record = lu.finish_training(model, "resunet", models_dir, settings)
 model = keras.saving.load_model(models_dir / "resunet.keras")  # the best epoch, not the last

@@ -55,6 +55,9 @@ def test_loss_matches_numpy():
     bce = -np.mean(truth * np.log(probability) + (1 - truth) * np.log(1 - probability), axis=(1, 2, 3))
     soft_dice = (2 * np.sum(truth * probability, axis=(1, 2, 3)) + 1) / (truth.sum((1, 2, 3)) + probability.sum((1, 2, 3)) + 1)
     np.testing.assert_allclose(np.asarray(bce_dice_loss(truth, probability)), bce + 1 - soft_dice, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(bce_dice_loss(truth, probability, dice_weight=3.0)), bce + 3 * (1 - soft_dice),
+                               rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(bce_dice_loss(truth, probability, dice_weight=0.0)), bce, rtol=1e-5)
 
 
 def test_loss_is_lower_for_better_predictions():

@@ -10,7 +10,7 @@ import pytest
 
 import lungseg.checks as checks
 from lungseg.checks import check_training_settings
-from lungseg_utils import LungsegError, overlap_scores
+from lungseg_utils import LungsegError, bce_dice_loss, overlap_scores
 
 from conftest import train_unet, write_training_inputs
 from notebook_code import run_cells
@@ -90,6 +90,21 @@ def test_mixed_precision_computes_in_bfloat16_and_keeps_a_float32_output(real_ar
     assert record["best_val_dice"] > 0.5  # it trains: 0.61 here, 0.63 in float32 (3 epochs at 64 px)
 
 
+def test_a_dice_weight_trains_with_that_loss_and_the_saved_model_keeps_it(real_arrays, tmp_path):
+    output = write_training_inputs(real_arrays, tmp_path / "out")
+    run_cells("03_unet", {**QUICK, "DICE_WEIGHT": 3.0, "OUTPUT_DIR": str(output)})
+    record = json.loads((output / "models" / "unet.json").read_text())
+    assert record["dice_weight"] == 3.0
+    reloaded = keras.saving.load_model(output / "models" / "unet.keras")  # a fresh session would load it alike
+    # by name: running 03's cells registered the notebook's own copy of the class under the same name
+    assert type(reloaded.loss).__name__ == "WeightedBceDiceLoss" and reloaded.loss.dice_weight == 3.0
+    x, y = real_arrays["x_val"][:8], real_arrays["y_val"][:8]
+    probability = reloaded.predict(x, verbose=0)
+    expected = float(np.mean(bce_dice_loss(y, probability, dice_weight=3.0)))
+    assert expected > float(np.mean(bce_dice_loss(y, probability))) + 1e-4  # the weight matters here
+    assert reloaded.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)["loss"] == pytest.approx(expected, rel=1e-4)
+
+
 def _earlier_run(models):
     models.mkdir(parents=True)
     earlier = {"unet.keras": b"the model of an earlier, complete run", "unet_history.csv": b"epoch,loss\n0,0.1\n",
@@ -133,7 +148,8 @@ def test_a_run_whose_loss_becomes_nan_stops_and_keeps_the_previous_model(real_ar
 @pytest.mark.parametrize("name, value, settings", [
     ("EPOCHS", 0, (0, 8, 256, 8, 3e-3)), ("EPOCHS", 1.5, (1.5, 8, 256, 8, 3e-3)),
     ("BATCH_SIZE", -1, (5, -1, 256, 8, 3e-3)), ("BASE_FILTERS", 0, (5, 8, 256, 0, 3e-3)),
-    ("LEARNING_RATE", -1, (5, 8, 256, 8, -1)), ("LEARNING_RATE", "abc", (5, 8, 256, 8, "abc"))])
+    ("LEARNING_RATE", -1, (5, 8, 256, 8, -1)), ("LEARNING_RATE", "abc", (5, 8, 256, 8, "abc")),
+    ("DICE_WEIGHT", -0.5, (5, 8, 256, 8, 3e-3, -0.5)), ("DICE_WEIGHT", float("nan"), (5, 8, 256, 8, 3e-3, float("nan")))])
 def test_bad_training_settings_name_the_parameter(name, value, settings):
     with pytest.raises(LungsegError, match=f"{name}={value!r}"):
         check_training_settings(*settings)
