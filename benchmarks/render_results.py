@@ -100,7 +100,7 @@ def describe_augmentation(augmentation: dict | None) -> str:
 
 
 # Settings added after some runs were recorded, with the value those runs had.
-LATER_SETTINGS = {"mixed_precision": False, "dice_weight": 1.0}
+LATER_SETTINGS = {"mixed_precision": False, "dice_weight": 1.0, "train_on_flagged": True}
 
 
 def _with_later(settings: dict) -> dict:
@@ -129,7 +129,7 @@ PARAMETERS = {"img_size": "IMG_SIZE", "hu_min": "HU_MIN", "hu_max": "HU_MAX", "e
               "split_seed": "SPLIT_SEED", "rotation_degrees": "ROTATION_DEGREES",
               "flip_left_right": "FLIP_LEFT_RIGHT", "flip_up_down": "FLIP_UP_DOWN", "hu_shift": "HU_SHIFT",
               "hu_contrast": "HU_CONTRAST", "noise_hu": "NOISE_HU", "mixed_precision": "MIXED_PRECISION",
-              "dice_weight": "DICE_WEIGHT"}
+              "dice_weight": "DICE_WEIGHT", "train_on_flagged": "TRAIN_ON_FLAGGED"}
 
 
 def _flat(settings: dict) -> dict:

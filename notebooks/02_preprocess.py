@@ -75,6 +75,7 @@ FLIP_UP_DOWN = False
 HU_SHIFT = 0.0  # intensity augmentation (HU; contrast a fraction), off by default: see "Augmentation"
 HU_CONTRAST = 0.0
 NOISE_HU = 0.0
+TRAIN_ON_FLAGGED = True  # False: slices whose mask 01's audit flags are kept out of training and validation
 
 # %% [markdown]
 # ## Configuration
@@ -100,6 +101,7 @@ augmentation = {"rotation_degrees": float(ROTATION_DEGREES), "flip_left_right": 
 lu.config_table({"OUTPUT_DIR": output_dir, "IMG_SIZE": IMG_SIZE, "HU window": (HU_MIN, HU_MAX), "SPLIT": SPLIT,
                  "SPLIT_SEED": SPLIT_SEED,
                  "FOLD": "none (SPLIT)" if FOLD is None else f"{FOLD} of {FOLDS}", "augmentation": augmentation,
+                 "TRAIN_ON_FLAGGED": TRAIN_ON_FLAGGED,
                  "data": f"{dataset['source']}{lu.data_label(dataset['synthetic'])}: {len(pairs)} pairs"})
 
 # %% [markdown]
@@ -143,6 +145,11 @@ lu.save_figure(figure, output_dir / "figures" / "02_hu_window.png", dataset["syn
 # cross-validation**: with `FOLD=k`, this notebook keeps fold `k` of scikit-learn's `KFold` as the
 # test slices (over the five folds, every slice is tested exactly once) and takes the validation
 # slices from the rest. This fixed split stays the teaching split.
+#
+# 01's audit flags masks that are wrong (three of the 217). By default they are split like any other
+# slice. With `TRAIN_ON_FLAGGED = False` the flagged slices that fall in training or validation are
+# marked `excluded` in the manifest and left out of the arrays, so no model learns from them or picks
+# its epoch on them; the flagged slices that fall in the test part stay there, scored and named.
 
 # %%
 #@save
@@ -180,6 +187,15 @@ if FOLD is None:
     manifest = split_slices(pairs.name, SPLIT, SPLIT_SEED)
 else:
     manifest = kfold_split(pairs.name, FOLD, FOLDS, SPLIT[1], SPLIT_SEED)
+if not TRAIN_ON_FLAGGED:  # the flagged masks stay test slices (scored, and named as flagged), never teachers
+    audit_csv = output_dir / "data" / "label_audit.csv"
+    if not audit_csv.is_file():
+        raise LungsegError(f"TRAIN_ON_FLAGGED=False needs 01's label audit, {audit_csv}, which is missing: run "
+                           "01_download again (or keep TRAIN_ON_FLAGGED=True).")
+    audit = pd.read_csv(audit_csv)
+    kept_out = manifest.name.isin(audit.name[audit.flagged]) & manifest.split.isin(["train", "val"])
+    manifest.loc[kept_out, "split"] = "excluded"
+    print("kept out of training and validation (flagged by 01's audit):", ", ".join(manifest.name[kept_out]) or "none")
 manifest.to_csv(output_dir / "data" / "split_manifest.csv", index=False)
 print(manifest.split.value_counts().reindex(["train", "val", "test"]).to_string())
 
@@ -241,7 +257,8 @@ np.savez(temporary, **arrays)
 temporary.replace(arrays_path)
 settings = {"img_size": IMG_SIZE, "hu_min": HU_MIN, "hu_max": HU_MAX, "split": SPLIT, "split_seed": SPLIT_SEED,
             "split_method": "train_test_split" if FOLD is None else f"KFold fold {FOLD} of {FOLDS}",
-            "augmentation": augmentation, "data_source": dataset["source"], "synthetic": dataset["synthetic"],
+            "augmentation": augmentation, "train_on_flagged": bool(TRAIN_ON_FLAGGED),
+            "data_source": dataset["source"], "synthetic": dataset["synthetic"],
             "data_root": dataset["root"], "slices": {s: int(len(arrays[f"x_{s}"])) for s in ("train", "val", "test")}}
 lu.write_json(output_dir / "data" / "preprocess.json", settings)
 print("wrote", arrays_path, f"({arrays_path.stat().st_size / 1e6:.0f} MB) and preprocess.json")

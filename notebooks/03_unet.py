@@ -162,6 +162,12 @@ model.summary(line_length=100)
 # prediction at 0.5 first, as a mask would be. All three are per image (Keras averages them over
 # the batch), written with `keras.ops`, and registered, so that a saved model loads with
 # `keras.saving.load_model` once `lungseg_utils` is imported.
+#
+# `DICE_WEIGHT` weighs the two terms: the loss is BCE + `DICE_WEIGHT` x (1 - soft Dice), as MONAI's
+# `DiceCELoss` does with `lambda_dice`. Per image, the Dice term counts a small lung as much as a
+# large one; cross-entropy counts pixels. A weight other than 1 compiles `WeightedBceDiceLoss`, the
+# same loss as a Keras `Loss` object, because a model saved with a plain function keeps only its
+# name, not the weight.
 
 # %%
 #@save

@@ -1,5 +1,6 @@
 """01's label audit (masks that are binary but wrong) and the benchmark's k-fold split."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +97,50 @@ def test_kfold_tests_every_slice_once_and_never_on_seen_slices(real_names):
 def test_folds_that_do_not_exist(real_names, fold, folds):
     with pytest.raises(LungsegError, match="FOLD="):
         kfold_split(real_names, fold, folds)
+
+
+FLAGGED = {"ID_0052_Z_0108.tif", "ID_0079_Z_0072.tif", "ID_0134_Z_0137.tif"}  # 01's audit flags these three
+
+
+def _outputs_of_01(real_data, real_names, output: Path) -> Path:
+    """outputs/data as 01 leaves it, for 40 real pairs that include the three flagged masks."""
+    names = sorted(FLAGGED | set(real_names[::6][:37]))
+    pairs = find_pairs(real_data).set_index("name").loc[names].reset_index()
+    (output / "data").mkdir(parents=True)
+    pairs.to_csv(output / "data" / "pairs.csv", index=False)
+    (output / "data" / "dataset.json").write_text('{"source": "folder", "synthetic": false, "root": ""}')
+    audit_labels(pairs).to_csv(output / "data" / "label_audit.csv", index=False)
+    return output
+
+
+@pytest.mark.parametrize("fold", [None, 0])
+def test_train_on_flagged_false_keeps_the_flagged_masks_out_of_training_only(real_data, real_names, tmp_path, fold):
+    from notebook_code import run_cells
+
+    runs = {}
+    for train_on_flagged in (True, False):
+        output = _outputs_of_01(real_data, real_names, tmp_path / str(train_on_flagged))
+        run_cells("02_preprocess", {"OUTPUT_DIR": str(output), "IMG_SIZE": 32, "FOLD": fold,
+                                    "TRAIN_ON_FLAGGED": train_on_flagged})
+        with np.load(output / "data" / "arrays.npz") as arrays:
+            names = {part: set(arrays[f"names_{part}"]) for part in ("train", "val", "test")}
+        runs[train_on_flagged] = (pd.read_csv(output / "data" / "split_manifest.csv").set_index("name").split, names,
+                                  json.loads((output / "data" / "preprocess.json").read_text()))
+    (split, names, settings), (split_off, names_off, settings_off) = runs[True], runs[False]
+    assert settings["train_on_flagged"] is True and settings_off["train_on_flagged"] is False
+    assert FLAGGED & (names["train"] | names["val"])  # this split trains on at least one of them by default
+    assert not FLAGGED & (names_off["train"] | names_off["val"])
+    for name in FLAGGED:  # a flagged test slice stays a test slice; the others are marked, not dropped silently
+        assert split_off[name] == ("test" if split[name] == "test" else "excluded")
+    unflagged = split.index.difference(sorted(FLAGGED))
+    assert split_off[unflagged].equals(split[unflagged])  # every other slice keeps its part
+    assert names_off["test"] == names["test"]
+
+
+def test_train_on_flagged_false_without_the_audit_says_to_run_01(real_data, real_names, tmp_path):
+    from notebook_code import run_cells
+
+    output = _outputs_of_01(real_data, real_names, tmp_path / "out")
+    (output / "data" / "label_audit.csv").unlink()  # outputs of a version of 01 before the audit
+    with pytest.raises(LungsegError, match="TRAIN_ON_FLAGGED=False needs 01's label audit.*run 01_download again"):
+        run_cells("02_preprocess", {"OUTPUT_DIR": str(output), "IMG_SIZE": 32, "TRAIN_ON_FLAGGED": False})

@@ -99,10 +99,12 @@ def test_the_committed_models_reproduce_their_recorded_test_dice(name, real_data
     assert not set(record["test_slices"]) & set(record["training_slices"] + record["validation_slices"])
 
 
-def test_saved_model_gives_the_same_predictions_in_a_fresh_process(tmp_path):
+@pytest.mark.parametrize("dice_weight", [1.0, 3.0])
+def test_saved_model_gives_the_same_predictions_in_a_fresh_process(tmp_path, dice_weight):
     keras.utils.set_random_seed(1)
     model = build("resunet", 32)
-    model.compile(optimizer="adam", loss=lu.bce_dice_loss, metrics=[lu.dice_coef, lu.iou_coef])
+    loss = lu.bce_dice_loss if dice_weight == 1 else lu.WeightedBceDiceLoss(dice_weight)  # as 03/04 compile it
+    model.compile(optimizer="adam", loss=loss, metrics=[lu.dice_coef, lu.iou_coef])
     data = np.random.default_rng(0).random((4, 32, 32, 1), np.float32)
     model.fit(data, (data > 0.5).astype(np.uint8), epochs=1, verbose=0)  # non-trivial batch-norm statistics
     model.save(tmp_path / "model.keras")
@@ -111,8 +113,10 @@ def test_saved_model_gives_the_same_predictions_in_a_fresh_process(tmp_path):
     script = (
         "import sys, numpy as np, keras; sys.path.insert(0, sys.argv[2]); import lungseg_utils; "
         "model = keras.saving.load_model(sys.argv[1] + '/model.keras'); "
-        "assert model.loss is lungseg_utils.bce_dice_loss, model.loss; "
+        "weight = float(sys.argv[3]); "
+        "assert (model.loss is lungseg_utils.bce_dice_loss if weight == 1 else "
+        "isinstance(model.loss, lungseg_utils.WeightedBceDiceLoss) and model.loss.dice_weight == weight), model.loss; "
         "np.save(sys.argv[1] + '/reloaded.npy', model.predict(np.load(sys.argv[1] + '/data.npy'), verbose=0))"
     )
-    subprocess.run([sys.executable, "-c", script, str(tmp_path), str(REPO_ROOT)], check=True)
+    subprocess.run([sys.executable, "-c", script, str(tmp_path), str(REPO_ROOT), str(dice_weight)], check=True)
     np.testing.assert_array_equal(np.load(tmp_path / "reloaded.npy"), np.load(tmp_path / "expected.npy"))
