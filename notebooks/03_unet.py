@@ -271,7 +271,7 @@ print(f"{len(train_data)} training batches and {len(val_data)} validation batche
 # %%
 steps = math.ceil(len(arrays["x_train"]) / BATCH_SIZE) * EPOCHS
 schedule = keras.optimizers.schedules.CosineDecay(LEARNING_RATE, decay_steps=steps, alpha=0.01)
-loss = bce_dice_loss if DICE_WEIGHT == 1 else WeightedBceDiceLoss(DICE_WEIGHT)
+loss = bce_dice_loss if DICE_WEIGHT == 1 else WeightedBceDiceLoss(DICE_WEIGHT)  # a weight needs the Loss object
 model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=[dice_coef, iou_coef])
 
 # %% [markdown]

@@ -151,7 +151,7 @@ train_data = lu.make_dataset(arrays["x_train"], arrays["y_train"], BATCH_SIZE, t
 val_data = lu.make_dataset(arrays["x_val"], arrays["y_val"], BATCH_SIZE)
 steps = math.ceil(len(arrays["x_train"]) / BATCH_SIZE) * EPOCHS
 schedule = keras.optimizers.schedules.CosineDecay(LEARNING_RATE, decay_steps=steps, alpha=0.01)
-loss = lu.bce_dice_loss if DICE_WEIGHT == 1 else lu.WeightedBceDiceLoss(DICE_WEIGHT)
+loss = lu.bce_dice_loss if DICE_WEIGHT == 1 else lu.WeightedBceDiceLoss(DICE_WEIGHT)  # as in 03_unet
 model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=[lu.dice_coef, lu.iou_coef])
 
 # %%
