@@ -150,6 +150,20 @@ def versus(per_slice: pd.DataFrame, default: pd.DataFrame, flagged: set) -> dict
     return result
 
 
+def whole_run(argv: list[str]) -> list[str]:
+    """The arguments without ``--folds K ...``: the command that trains all the folds and scores them."""
+    kept, skipping = [], False
+    for arg in argv:
+        if arg == "--folds" or arg.startswith("--folds="):
+            skipping = arg == "--folds"
+            continue
+        if skipping and arg.lstrip("-").isdigit():
+            continue
+        skipping = False
+        kept.append(arg)
+    return kept
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(REPO_ROOT.parent / "shared" / "data" / "finding-lungs-in-ct-data"))
@@ -200,7 +214,7 @@ def main(argv=None) -> int:
         "data": f"{len(pairs)} real slices in {Path(args.data_dir).name}, each tested once, native 512x512",
         "flagged_labels": audit[audit.flagged][["name", "reasons"]].to_dict("records"),
         "device": first["device"], "machine": platform.platform(), "date": time.strftime("%Y-%m-%d"),
-        "command": "python benchmarks/crossval.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python benchmarks/crossval.py " + " ".join(whole_run(sys.argv[1:] if argv is None else argv)),
         "settings": {k: first.get(k) for k in ("img_size", "hu_min", "hu_max", "epochs", "batch_size", "learning_rate",
                                                "base_filters", "augmentation", "train_on_flagged", "mixed_precision",
                                                "dice_weight", "seed")},

@@ -79,3 +79,12 @@ def test_the_speed_section_names_every_stage_and_the_rates():
     assert "400 s. By notebook: 01_download 8 s, 03_unet 200 s" in text and "U-Net 190 s (7.4 s/epoch, the first 12.0 s)" in text
     assert "U-Net float32 400, XLA 500" in text
     assert "| clean_mask | 3.50 |" in text and "| **slices/s**, predict_masks with post-processing (batch 8) | **45** |" in text
+
+
+def test_a_cross_validation_finished_in_parts_records_the_command_for_all_folds():
+    import crossval
+
+    argv = ["--data-dir", "d", "--label", "x", "-p", "EPOCHS", "40", "--folds", "2", "3", "4", "-p", "SEED", "1"]
+    assert crossval.whole_run(argv) == ["--data-dir", "d", "--label", "x", "-p", "EPOCHS", "40", "-p", "SEED", "1"]
+    assert crossval.whole_run(["--folds=3", "--label", "x"]) == ["--label", "x"]
+    assert crossval.whole_run(["--label", "x", "--folds", "0"]) == ["--label", "x"]
