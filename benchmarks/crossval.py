@@ -157,7 +157,7 @@ def whole_run(argv: list[str]) -> list[str]:
         if arg == "--folds" or arg.startswith("--folds="):
             skipping = arg == "--folds"
             continue
-        if skipping and arg.lstrip("-").isdigit():
+        if skipping and arg.isdigit():
             continue
         skipping = False
         kept.append(arg)

@@ -329,8 +329,9 @@ def augment_pair(images, masks, augmenter):
 # all 217 slices (README, Results), flips with ±10° rotations lowered the per-slice Dice of the
 # Residual U-Net by 0.0010 (95% CI 0.0006..0.0017) and of the U-Net by 0.0003 (CI 0.0000..0.0007) at
 # 25 epochs, as they had on the previous 33-slice split. Over 40 epochs they no longer cost the
-# typical slice anything, but one Residual U-Net over-segmented a slice (Dice 0.982 → 0.838), and
-# the mean did not rise beyond the noise for either model. The intensity options (±40 HU, contrast
+# typical slice anything, but two of the five Residual U-Nets each failed on one slice (Dice 0.982 →
+# 0.838 on a slice with heavy streak noise, −0.06 on one with metal streaks), and neither model's
+# mean rose beyond the noise. The intensity options (±40 HU, contrast
 # ±0.1, noise 15 HU) changed it by +0.0002 for both models (95% CIs −0.0001..+0.0006 and
 # +0.0000..+0.0004): too little to tell from chance, so they stay off as well. The slices all come
 # from one collection and its scanners; on your own scans, if they vary more (other scanners,
