@@ -266,6 +266,54 @@ def audit_labels(pairs: pd.DataFrame) -> pd.DataFrame:
     reasons = ["; ".join(audit_mask(read_slice(p.image_path), read_mask(p.mask_path))) for p in pairs.itertuples()]
     return pd.DataFrame({"name": list(pairs.name), "flagged": [bool(r) for r in reasons], "reasons": reasons})
 
+
+STANDARD_HU = {"outside air": -1000.0, "fat": -100.0, "soft tissue": 40.0}  # air by definition; fat, muscle/blood
+
+
+def tissue_peaks(images) -> dict:
+    """Where outside air, fat and soft tissue lie in a set of slices, in the slices' own values: the
+    median of the air outside the body (connected to the image's edge, inside the field of view),
+    and the fat and soft-tissue peaks of the body's histogram after a 7x7 mean filter. None where a
+    peak is not found."""
+    air, body = [], []
+    for image in images:
+        image = np.asarray(image, np.float32)
+        field = ndimage.binary_erosion(image > -1500, iterations=8)  # not the padding beyond the field of view
+        smooth = ndimage.uniform_filter(image, 7)
+        low, _ = ndimage.label(smooth < -400)
+        edge = np.setdiff1d(np.concatenate([low[0], low[-1], low[:, 0], low[:, -1]]), [0])
+        outside = ndimage.binary_erosion(np.isin(low, edge), iterations=8) & field
+        if np.count_nonzero(outside) > 500:
+            air.append(float(np.median(image[outside])))
+        tissue = smooth[ndimage.binary_erosion((smooth > -400) & field, iterations=4)]
+        body.append(tissue[(tissue > -300) & (tissue < 300)])
+    counts, edges = np.histogram(np.concatenate(body) if body else [], bins=np.arange(-300, 302, 2))
+    counts, centres = ndimage.gaussian_filter1d(counts.astype(float), 2), (edges[:-1] + edges[1:]) / 2
+
+    def peak(low, high):
+        part = (centres >= low) & (centres < high)
+        found = counts[part].max(initial=0) > 0.05 * counts.max(initial=0) > 0
+        return float(centres[part][np.argmax(counts[part])]) if found else None
+    return {"outside air": float(np.median(air)) if air else None, "fat": peak(-300, -30), "soft tissue": peak(-30, 300)}
+
+
+def fit_hu_calibration(peaks: dict) -> dict:
+    """The straight line that takes the peaks found to STANDARD_HU: standard = scale * stored + offset
+    (least squares). Identity when fewer than two peaks were found or the line is implausible."""
+    found = [name for name, value in peaks.items() if value is not None]
+    identity = {"scale": 1.0, "offset": 0.0, "peaks": peaks, "standard": STANDARD_HU}
+    if len(found) < 2:
+        return {**identity, "note": f"peaks found: {found or 'none'}; left as they are"}
+    scale, offset = np.polyfit([peaks[n] for n in found], [STANDARD_HU[n] for n in found], 1)
+    if not 0.5 <= scale <= 2.0 or abs(offset) > 300:
+        return {**identity, "note": f"fit scale {scale:.3f}, offset {offset:.0f} is implausible; left as they are"}
+    return {**identity, "scale": float(scale), "offset": float(offset)}
+
+
+def to_standard_hu(image, calibration: dict) -> np.ndarray:
+    """A slice of the dataset in standard HU (float32), with the calibration that 01 recorded."""
+    return np.asarray(image, np.float32) * np.float32(calibration["scale"]) + np.float32(calibration["offset"])
+
 # ======================================== from notebooks/02_preprocess.py
 
 
@@ -346,9 +394,25 @@ class ImageOnly(keras.layers.Layer):
         return tf.concat([self.layer(stack[..., :1], training=training), stack[..., 1:]], axis=-1)
 
 
+class RandomHUScale(keras.layers.Layer):
+    """Multiply HU by a random factor in [1 - factor, 1 + factor] about ``pivot`` (water, in windowed
+    units), one factor per slice, and clip to the window: another scanner's calibration."""
+
+    def __init__(self, factor: float, pivot: float, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.factor, self.pivot, self.seed_generator = factor, pivot, keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        scale = keras.random.uniform((tf.shape(images)[0], 1, 1, 1), 1 - self.factor, 1 + self.factor,
+                                     seed=self.seed_generator)
+        return tf.clip_by_value(self.pivot + scale * (images - self.pivot), 0.0, 1.0)
+
+
 def make_augmenter(rotation_degrees: float = 10.0, flip_left_right: bool = True, flip_up_down: bool = False,
-                   hu_shift: float = 0.0, hu_contrast: float = 0.0, noise_hu: float = 0.0,
-                   hu_window: tuple = (-1000, 400), seed: int = 0):
+                   hu_scale: float = 0.0, hu_shift: float = 0.0, hu_contrast: float = 0.0, noise_hu: float = 0.0,
+                   blur_sigma: float = 0.0, hu_window: tuple = (-1000, 400), seed: int = 0):
     """Random flips and rotations of image and mask, and intensity changes of the image alone (Keras
     preprocessing layers), or None when every option is off. hu_window: the (HU_MIN, HU_MAX) the
     images were windowed with, to turn HU into windowed units."""
@@ -360,8 +424,13 @@ def make_augmenter(rotation_degrees: float = 10.0, flip_left_right: bool = True,
     if rotation_degrees:  # the factor is a fraction of a full turn; rotated-in corners are 0, air after windowing
         steps.append(keras.layers.RandomRotation(rotation_degrees / 360, fill_mode="constant", fill_value=0.0,
                                                  seed=seed))
-    if noise_hu:  # before the shift and contrast, which clip to the window as windowing does
+    if blur_sigma:  # half the slices, one sigma up to blur_sigma per batch
+        steps.append(ImageOnly(keras.layers.RandomGaussianBlur(0.5, kernel_size=5, sigma=(0.0, blur_sigma),
+                                                               value_range=(0, 1), seed=seed)))
+    if noise_hu:  # before the scale, shift and contrast, which clip to the window as windowing does
         steps.append(ImageOnly(keras.layers.GaussianNoise(noise_hu / width, seed=seed)))
+    if hu_scale:
+        steps.append(ImageOnly(RandomHUScale(hu_scale, -hu_window[0] / width, seed=seed)))
     if hu_shift:
         steps.append(ImageOnly(keras.layers.RandomBrightness(hu_shift / width, value_range=(0, 1), seed=seed)))
     if hu_contrast:
@@ -856,6 +925,29 @@ def split_lungs(mask: np.ndarray) -> np.ndarray:
     return labels
 
 
+def keep_lungs(mask: np.ndarray, scan: Scan, min_share: float = 0.1, gas_hu: float = -970.0) -> np.ndarray:
+    """The connected regions of a volume's mask[slice, row, column] that can be lung: mostly inside the
+    body (each slice's outline of tissue above -500 HU, holes filled), with a median above ``gas_hu``
+    (not pure gas) and at least ``min_share`` of the largest such region's volume."""
+    regions, found = ndimage.label(mask)
+    if not found:
+        return mask.astype(np.uint8)
+    body = np.stack([ndimage.binary_fill_holes(hu > -500) for hu in scan.hu])
+    voxel_ml = np.broadcast_to((scan.slice_thickness_mm * np.prod(scan.pixel_spacing_mm) / 1000)[:, None, None],
+                               mask.shape)
+    index = np.arange(1, found + 1)
+    volume = ndimage.sum_labels(voxel_ml, regions, index)
+    inside = ndimage.mean(body, regions, index)
+    median_hu = ndimage.median(scan.hu, regions, index)
+    lung_like = (inside >= 0.5) & (median_hu > gas_hu)
+    largest = volume[lung_like].max(initial=0)
+    keep = np.concatenate([[False], lung_like & (volume >= min_share * largest)])
+    return keep[regions].astype(np.uint8)
+
+
+NO_LUNG_ML = 20.0  # less lung than this in a volume: "no lungs found"
+
+
 def segment_scan(model, scan: Scan, settings: dict, threshold: float = 0.5, postprocess: bool = True,
                  batch_size: int = 8, progress: bool = False) -> np.ndarray:
     """Labels[slice, row, column] for a Scan: 0 background, 1 right lung, 2 left lung (a slice: 1 lung)."""
@@ -871,7 +963,9 @@ def segment_scan(model, scan: Scan, settings: dict, threshold: float = 0.5, post
                 mask = (probability >= threshold).astype(np.uint8)
                 masks[start + offset] = clean_mask(mask) if postprocess else mask
             bar.update(len(chunk))
-    return split_lungs(masks) if scan.kind == "volume" else masks
+    if scan.kind == "slice":
+        return masks
+    return split_lungs(keep_lungs(masks, scan) if postprocess else masks)
 
 
 def scan_measurements(scan: Scan, labels: np.ndarray, pixel_spacing_mm: float | None = None) -> dict:
@@ -889,6 +983,8 @@ def scan_measurements(scan: Scan, labels: np.ndarray, pixel_spacing_mm: float | 
             return float((part.sum(axis=(1, 2)) * scan.slice_thickness_mm).sum() * pixel_area / 1000)
         row.update(lung_volume_ml=millilitres(lung), right_volume_ml=millilitres(labels == 1),
                    left_volume_ml=millilitres(labels == 2))
+        if row["lung_volume_ml"] < NO_LUNG_ML:
+            row["note"] = f"no lungs found ({row['lung_volume_ml']:.1f} mL): is this a chest CT?"
     inside = scan.hu[lung].astype(np.float64)
     percentiles = np.percentile(inside, [5, 15, 95]) if inside.size else [np.nan] * 3
     row.update(mean_hu=inside.mean() if inside.size else np.nan, pd05_hu=percentiles[0], pd15_hu=percentiles[1],
@@ -977,6 +1073,8 @@ def predict_scans(model, settings: dict, input_path, output_dir, *, threshold: f
             names.add(scan.name)
             rows.append({**scan_measurements(scan, labels, pixel_spacing_mm),
                          **write_scan_outputs(scan, labels, outputs), "input": str(source)})
+            if "note" in rows[-1]:
+                log(f"{source}: {rows[-1]['note']}")
         except LungsegError as error:
             problems.append(str(error))
             log(f"not segmented: {error}")

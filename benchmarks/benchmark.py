@@ -47,7 +47,8 @@ def time_inference(output_dir: Path, name: str, repeats: int = 3) -> dict:
     model, settings = lu.load_trained_model(output_dir / "models" / f"{name}.keras")
     names = json.loads((output_dir / "evaluation" / "evaluation.json").read_text())["test_names"]
     paths = pd.read_csv(output_dir / "data" / "pairs.csv").set_index("name").image_path
-    images = [lu.read_slice(paths[n]) for n in names]
+    calibration = settings.get("hu_calibration", {"scale": 1.0, "offset": 0.0})  # the training data's
+    images = [lu.to_standard_hu(lu.read_slice(paths[n]), calibration) for n in names]
     lu.predict_masks(model, images[:8], settings, postprocess=True)  # warm-up: graph tracing
     single, batched = [], []
     for _ in range(repeats):

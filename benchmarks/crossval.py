@@ -37,7 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from lungseg import runner  # noqa: E402
-from lungseg.data import pixel_area_mm2  # noqa: E402
+from lungseg.data import dataset_calibration, pixel_area_mm2  # noqa: E402
 
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 MODELS = ("unet", "resunet")
@@ -72,7 +72,8 @@ def score_fold(fold: int, out: Path, spacing_mm: float) -> pd.DataFrame:
 
     split = pd.read_csv(out / "data" / "split_manifest.csv")
     pairs = pd.read_csv(out / "data" / "pairs.csv").merge(split, on="name").query("split == 'test'")
-    images = [lu.read_slice(p) for p in pairs.image_path]
+    calibration = dataset_calibration(json.loads((out / "data" / "dataset.json").read_text()))
+    images = [lu.to_standard_hu(lu.read_slice(p), calibration) for p in pairs.image_path]
     masks = [lu.read_mask(p) for p in pairs.mask_path]
     maps = {}
     for name in MODELS:
@@ -171,6 +172,8 @@ def main(argv=None) -> int:
     parser.add_argument("--label", default="", help="name of a non-default configuration (an ablation)")
     parser.add_argument("--folds", nargs="+", type=int, default=list(range(FOLDS)), help="train only these folds")
     parser.add_argument("--rescore", action="store_true", help="score the folds already trained; train nothing")
+    parser.add_argument("--versus", help="a per-slice CSV of an earlier run (relative to the repository) to pair "
+                                         "this run with, e.g. benchmarks/results/previous-defaults/cv-per-slice.csv")
     args = parser.parse_args(argv)
     os.environ["LUNGSEG_DATA_DIR"] = str(Path(args.data_dir).resolve())
     parameters = {k: runner.parse_value(v) for k, v in args.parameter}
@@ -217,7 +220,8 @@ def main(argv=None) -> int:
         "command": "python benchmarks/crossval.py " + " ".join(whole_run(sys.argv[1:] if argv is None else argv)),
         "settings": {k: first.get(k) for k in ("img_size", "hu_min", "hu_max", "epochs", "batch_size", "learning_rate",
                                                "base_filters", "augmentation", "train_on_flagged", "mixed_precision",
-                                               "dice_weight", "seed")},
+                                               "dice_weight", "seed")}
+        | {"hu_calibration_scale": (first.get("hu_calibration") or {}).get("scale")},
         "training": {m: {"seconds_per_epoch_mean": float(np.mean([records[f][m]["seconds_per_epoch"] for f in records])),
                          "training_seconds_mean": float(np.mean([records[f][m]["training_seconds"] for f in records])),
                          "best_epochs": [records[f][m]["best_epoch"] for f in records]} for m in MODELS},
@@ -229,6 +233,8 @@ def main(argv=None) -> int:
     default_scores = RESULTS / "cv-per-slice.csv"
     if args.label and default_scores.is_file():  # an ablation: paired with the defaults, slice by slice
         result["versus_default"] = versus(per_slice, pd.read_csv(default_scores), flagged)
+    if args.versus:  # e.g. new defaults against the previous ones, slice by slice
+        result["versus"] = {"against": args.versus, **versus(per_slice, pd.read_csv(REPO_ROOT / args.versus), flagged)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     lu.write_json(RESULTS / f"cv{suffix}.json", result)
     per_slice.round(6).to_csv(RESULTS / f"cv{suffix}-per-slice.csv", index=False)

@@ -83,8 +83,8 @@ def main_table(benchmark: dict) -> list[str]:
 
 
 # Augmentation as 02 records it when off; runs recorded before an option existed had it off.
-AUGMENTATION_OFF = {"rotation_degrees": 0.0, "flip_left_right": False, "flip_up_down": False, "hu_shift": 0.0,
-                    "hu_contrast": 0.0, "noise_hu": 0.0}
+AUGMENTATION_OFF = {"rotation_degrees": 0.0, "flip_left_right": False, "flip_up_down": False, "hu_scale": 0.0,
+                    "hu_shift": 0.0, "hu_contrast": 0.0, "noise_hu": 0.0, "blur_sigma": 0.0}
 
 
 def describe_augmentation(augmentation: dict | None) -> str:
@@ -92,15 +92,16 @@ def describe_augmentation(augmentation: dict | None) -> str:
     augmentation = {**AUGMENTATION_OFF, **(augmentation or {})}
     parts = [name for key, name in (("flip_left_right", "left-right flips"), ("flip_up_down", "up-down flips"))
              if augmentation[key]]
-    for key, text in (("rotation_degrees", "rotations up to ±{:g}°"), ("hu_shift", "HU shift ±{:g}"),
-                      ("hu_contrast", "contrast ±{:g}"), ("noise_hu", "noise {:g} HU")):
+    for key, text in (("rotation_degrees", "rotations up to ±{:g}°"), ("hu_scale", "HU scale ±{:g}"),
+                      ("hu_shift", "HU shift ±{:g}"), ("hu_contrast", "contrast ±{:g}"), ("noise_hu", "noise {:g} HU"),
+                      ("blur_sigma", "blur up to {:g} px")):
         if augmentation[key]:
             parts.append(text.format(augmentation[key]))
     return " + ".join(parts) or "off"
 
 
 # Settings added after some runs were recorded, with the value those runs had.
-LATER_SETTINGS = {"mixed_precision": False, "dice_weight": 1.0, "train_on_flagged": True}
+LATER_SETTINGS = {"mixed_precision": False, "dice_weight": 1.0, "train_on_flagged": True, "hu_calibration_scale": "none"}
 
 
 def _with_later(settings: dict) -> dict:
@@ -129,7 +130,8 @@ PARAMETERS = {"img_size": "IMG_SIZE", "hu_min": "HU_MIN", "hu_max": "HU_MAX", "e
               "split_seed": "SPLIT_SEED", "rotation_degrees": "ROTATION_DEGREES",
               "flip_left_right": "FLIP_LEFT_RIGHT", "flip_up_down": "FLIP_UP_DOWN", "hu_shift": "HU_SHIFT",
               "hu_contrast": "HU_CONTRAST", "noise_hu": "NOISE_HU", "mixed_precision": "MIXED_PRECISION",
-              "dice_weight": "DICE_WEIGHT", "train_on_flagged": "TRAIN_ON_FLAGGED"}
+              "dice_weight": "DICE_WEIGHT", "train_on_flagged": "TRAIN_ON_FLAGGED", "hu_scale": "HU_SCALE",
+              "blur_sigma": "BLUR_SIGMA"}
 
 
 def _flat(settings: dict) -> dict:
@@ -269,22 +271,82 @@ def speed_section(speed: dict) -> list[str]:
     return lines + [""]
 
 
-def render() -> str:
-    cv_path = RESULTS / "cv.json"
-    head = []
-    if cv_path.is_file():
-        ablations = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("cv-*.json"))]
-        head = ["### Cross-validation: the headline", ""] + cv_section(json.loads(cv_path.read_text()), ablations)
-    if (RESULTS / "speed.json").is_file():
-        head += ["### Where the time goes (CPU)", ""] + speed_section(json.loads((RESULTS / "speed.json").read_text()))
-    if head:
-        head += ["### The notebooks' teaching split (33 test slices, 3 training seeds)", ""]
-    default = json.loads((RESULTS / "benchmark.json").read_text())
+def _number(value, digits=1, suffix=""):
+    return "–" if value is None else f"{value:,.{digits}f}{suffix}"
+
+
+def _targets(name: str, result: dict, targets: dict) -> str:
+    """Which of the volume's targets this result meets, e.g. 'Dice ≥ 0.95 no; false lung ≤ 2 mL yes'."""
+    checks = []
+    if "dice" in targets and result["dice"] is not None:
+        checks.append(f"Dice ≥ {targets['dice']:g} {'yes' if result['dice'] >= targets['dice'] else '**no**'}")
+    if "false_lung_ml" in targets:
+        met = result["false_lung_ml"] <= targets["false_lung_ml"]
+        checks.append(f"false lung ≤ {targets['false_lung_ml']:g} mL {'yes' if met else '**no**'}")
+    if "laa950_points" in targets and result["laa950_percent"] is not None:
+        met = abs(result["laa950_percent"] - result["reference_laa950_percent"]) <= targets["laa950_points"]
+        checks.append(f"LAA-950 within {targets['laa950_points']:g} points {'yes' if met else '**no**'}")
+    return "; ".join(checks) or "–"
+
+
+def external_section(external: dict, before: dict | None) -> list[str]:
+    """CT volumes from other collections (benchmarks/external.py): the own-scan path against another
+    tool's reference, per volume and model; the previous models' figures beside them."""
+    lines = [f"Measured with `{external['command']}` on {external['device']} ({external['date']}): the own-scan path "
+             "(`predict_scans`, what `scripts/predict.sh` runs, with its 3D step) on real CT volumes from other "
+             "collections, compared voxel by voxel in world coordinates with each volume's reference lung mask from "
+             "another tool. Dice on the slices where the reference has lung; \"false lung\": what is found on slices "
+             "where the reference has none. LAA-950 (% of lung voxels below -950 HU) and PD15 inside each mask on the "
+             "same CT. These volumes are never trained or tuned on.", "",
+             "| volume | model | Dice | lung mL found / reference | false lung mL | LAA-950 % found / reference "
+             "| PD15 HU found / reference | s | targets |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = [(external, "")] + ([(before, " (previous)")] if before else [])
+    for name, volume in external["volumes"].items():
+        for run, tag in rows:
+            for model in MODELS:
+                r = run["volumes"].get(name, {}).get("models", {}).get(model)
+                if r is None:
+                    continue
+                lines.append(
+                    f"| {name} | {VARIANTS[model]}{tag} | {_number(r['dice'], 3)} | {_number(r['lung_ml'])} / "
+                    f"{_number(r['reference_ml'])} | {_number(r['false_lung_ml'])} | {_number(r['laa950_percent'])} / "
+                    f"{_number(r['reference_laa950_percent'])} | {_number(r['pd15_hu'], 0)} / "
+                    f"{_number(r['reference_pd15_hu'], 0)} | {r['seconds']:.1f} | "
+                    f"{_targets(name, r, external['targets'].get(name, {}))} |")
+    lines += ["", "Volumes: " + "; ".join(f"**{name}**: {v['what']}" for name, v in external["volumes"].items()) + "."]
+    lidc = external.get("lidc", {})
+    if lidc:
+        lines += ["", "The LIDC slice (`../shared/data/lidc-lungmask-testdata`), lung pixels per slice: " + ", ".join(
+            f"{VARIANTS[m]} {r['lung_pixels_per_slice']:,.0f}" for m, r in lidc.items())
+            + (" (previous models: " + ", ".join(f"{VARIANTS[m]} {r['lung_pixels_per_slice']:,.0f}"
+                                                 for m, r in before.get("lidc", {}).items()) + ")" if before else "")
+            + "; lungmask's R231 finds 50,644."]
+    if before:
+        lines += ["", f"\"Previous\": the models trained on the Kaggle slices' stored values without intensity "
+                  f"augmentation (`{before['command']}`, with those models in the folder it names), through the same "
+                  "path and 3D step."]
+    return lines + [""]
+
+
+def _versus_line(cv: dict) -> list[str]:
+    """A run paired slice by slice with an earlier one (crossval.py --versus)."""
+    if "versus" not in cv:
+        return []
+    versus = cv["versus"]
+    return [f"Paired with `{versus['against']}` over the same slices (per-slice Dice, this run minus that one): "
+            + "; ".join(f"{VARIANTS[m]} {versus[m]['mean_difference']:+.4f} (95% CI {versus[m]['ci95_low']:+.4f}.."
+                        f"{versus[m]['ci95_high']:+.4f}, Wilcoxon p={versus[m]['wilcoxon_p']:.2g})"
+                        for m in MODELS if m in versus) + ".", ""]
+
+
+def teaching_split(folder: Path, intro: str) -> list[str]:
+    """The notebooks' 33-slice test split: the default run of ``folder`` and its ablations."""
+    default = json.loads((folder / "benchmark.json").read_text())
     defaults = default["runs"][0]["settings"]
-    others = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("benchmark-*.json"))]
+    others = [json.loads(p.read_text()) for p in sorted(folder.glob("benchmark-*.json"))]
     same_split = [b for b in others if b["runs"][0]["settings"].get("split_method") == defaults.get("split_method")]
     earlier_split = [b for b in others if b not in same_split]
-    lines = head + main_table(default)
+    lines = [intro, ""] + main_table(default) if intro else main_table(default)
     if same_split:
         lines += ["Ablation (CPU; per-slice Dice at native resolution on the same test split, mean ± std over seeds "
                   "where there are several; compare rows with the same seeds). The validation Dice is that of the "
@@ -293,7 +355,7 @@ def render() -> str:
         lines += ablation_table([default, _seeds(default, {0}, "default, seed 0 only")] + same_split, defaults)
         repeatable = [benchmark for benchmark in same_split if not benchmark.get("code")]
         if repeatable:
-            lines += ["", "Each row repeats under the current defaults with (DATA: the folder of real slices):", ""]
+            lines += ["", "Each row was measured with (DATA: the folder of real slices):", ""]
             lines += [f"    {repeat_command(benchmark, defaults)}" for benchmark in repeatable]
         lines += ["", *[f"Row {benchmark['label']}: {benchmark['code']}." for benchmark in same_split
                         if benchmark.get("code")]]
@@ -305,6 +367,34 @@ def render() -> str:
                   ""]
         lines += ablation_table([reference] + [b for b in earlier_split if b is not reference],
                                 reference["runs"][0]["settings"])
+    return lines
+
+
+PREVIOUS = RESULTS / "previous-defaults"
+
+
+def render() -> str:
+    lines = []
+    if (RESULTS / "external.json").is_file():
+        before = RESULTS / "external-before.json"
+        lines += ["### Other scanners: CT volumes from other collections", ""] + external_section(
+            json.loads((RESULTS / "external.json").read_text()), json.loads(before.read_text()) if before.is_file() else None)
+    if (RESULTS / "cv.json").is_file():
+        cv = json.loads((RESULTS / "cv.json").read_text())
+        ablations = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("cv-*.json"))]
+        lines += ["### Cross-validation on the Kaggle slices", ""] + cv_section(cv, ablations) + _versus_line(cv)
+    if (RESULTS / "speed.json").is_file():
+        lines += ["### Where the time goes (CPU)", ""] + speed_section(json.loads((RESULTS / "speed.json").read_text()))
+    if (RESULTS / "benchmark.json").is_file():
+        lines += ["### The notebooks' teaching split (33 test slices)", ""] + teaching_split(RESULTS, "")
+    if (PREVIOUS / "cv.json").is_file():
+        ablations = [json.loads(p.read_text()) for p in sorted(PREVIOUS.glob("cv-*.json"))]
+        lines += ["### The previous defaults: the stored Kaggle values, no intensity augmentation", "",
+                  "Measured before the HU calibration and the intensity augmentation became the defaults (files in "
+                  "`benchmarks/results/previous-defaults/`; each ablation there is paired with those defaults).", ""]
+        lines += cv_section(json.loads((PREVIOUS / "cv.json").read_text()), ablations)
+        if (PREVIOUS / "benchmark.json").is_file():
+            lines += teaching_split(PREVIOUS, "The teaching split at the previous defaults (3 training seeds):")
     return "\n".join(lines)
 
 

@@ -44,3 +44,13 @@ def check_training_settings(epochs, batch_size, img_size, base_filters, learning
             f"BATCH_SIZE={batch_size} at IMG_SIZE={img_size}, BASE_FILTERS={base_filters} needs about "
             f"{needed:.1f} GB for training, but only {available:.1f} GB are available on this CPU "
             "machine. Lower BATCH_SIZE (or IMG_SIZE).")
+
+
+def check_augmentation(augmentation: dict) -> None:
+    """02's augmentation parameters: numbers >= 0; HU_SCALE and HU_CONTRAST below 1, BLUR_SIGMA at most 1."""
+    limits = {"rotation_degrees": 180, "hu_scale": 0.99, "hu_shift": 1000, "hu_contrast": 0.99, "noise_hu": 500,
+              "blur_sigma": 1.0}
+    for key, limit in limits.items():
+        value = augmentation.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= limit:
+            raise LungsegError(f"{key.upper()}={value!r}: use a number from 0 (off) to {limit}.")

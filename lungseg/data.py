@@ -154,3 +154,13 @@ def read_lung_stats(csv_path) -> pd.DataFrame:
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
         raise LungsegError(f"{csv_path}: empty or not a CSV table ({type(error).__name__}: {error}). It is optional: "
                            "replace it with the lung_stats.csv of the Kaggle download, or delete it.") from None
+
+
+# --------------------------------------------------------------------------- calibration
+def dataset_calibration(dataset: dict) -> dict:
+    """The HU calibration that 01_download recorded in ``dataset.json`` (``lu.to_standard_hu`` applies it)."""
+    calibration = dataset.get("hu_calibration")
+    if not isinstance(calibration, dict) or not {"scale", "offset"} <= set(calibration):
+        raise LungsegError("outputs/data/dataset.json has no HU calibration: it was written by an older "
+                           "01_download. Run 01_download again (it takes seconds).")
+    return calibration

@@ -433,6 +433,91 @@ if len(flagged):
     save_figure(figure, output_dir / "figures" / "01_flagged_masks.png", dataset["synthetic"]);
 
 # %% [markdown]
+# ## Are these really Hounsfield units?
+# HU is a physical scale: air is -1000 and water 0 on every calibrated scanner, fat lies near -100
+# and muscle and blood near +40. A model learns the numbers it is shown, so the numbers must mean
+# what they mean on the scans it will meet. We check, from these slices alone, where outside air,
+# fat and soft tissue actually lie. Noise hides the tissue peaks in single pixels, so the body's
+# histogram is taken after a 7x7 mean filter.
+
+# %%
+#@save
+STANDARD_HU = {"outside air": -1000.0, "fat": -100.0, "soft tissue": 40.0}  # air by definition; fat, muscle/blood
+
+
+def tissue_peaks(images) -> dict:
+    """Where outside air, fat and soft tissue lie in a set of slices, in the slices' own values: the
+    median of the air outside the body (connected to the image's edge, inside the field of view),
+    and the fat and soft-tissue peaks of the body's histogram after a 7x7 mean filter. None where a
+    peak is not found."""
+    air, body = [], []
+    for image in images:
+        image = np.asarray(image, np.float32)
+        field = ndimage.binary_erosion(image > -1500, iterations=8)  # not the padding beyond the field of view
+        smooth = ndimage.uniform_filter(image, 7)
+        low, _ = ndimage.label(smooth < -400)
+        edge = np.setdiff1d(np.concatenate([low[0], low[-1], low[:, 0], low[:, -1]]), [0])
+        outside = ndimage.binary_erosion(np.isin(low, edge), iterations=8) & field
+        if np.count_nonzero(outside) > 500:
+            air.append(float(np.median(image[outside])))
+        tissue = smooth[ndimage.binary_erosion((smooth > -400) & field, iterations=4)]
+        body.append(tissue[(tissue > -300) & (tissue < 300)])
+    counts, edges = np.histogram(np.concatenate(body) if body else [], bins=np.arange(-300, 302, 2))
+    counts, centres = ndimage.gaussian_filter1d(counts.astype(float), 2), (edges[:-1] + edges[1:]) / 2
+
+    def peak(low, high):
+        part = (centres >= low) & (centres < high)
+        found = counts[part].max(initial=0) > 0.05 * counts.max(initial=0) > 0
+        return float(centres[part][np.argmax(counts[part])]) if found else None
+    return {"outside air": float(np.median(air)) if air else None, "fat": peak(-300, -30), "soft tissue": peak(-30, 300)}
+
+
+def fit_hu_calibration(peaks: dict) -> dict:
+    """The straight line that takes the peaks found to STANDARD_HU: standard = scale * stored + offset
+    (least squares). Identity when fewer than two peaks were found or the line is implausible."""
+    found = [name for name, value in peaks.items() if value is not None]
+    identity = {"scale": 1.0, "offset": 0.0, "peaks": peaks, "standard": STANDARD_HU}
+    if len(found) < 2:
+        return {**identity, "note": f"peaks found: {found or 'none'}; left as they are"}
+    scale, offset = np.polyfit([peaks[n] for n in found], [STANDARD_HU[n] for n in found], 1)
+    if not 0.5 <= scale <= 2.0 or abs(offset) > 300:
+        return {**identity, "note": f"fit scale {scale:.3f}, offset {offset:.0f} is implausible; left as they are"}
+    return {**identity, "scale": float(scale), "offset": float(offset)}
+
+
+def to_standard_hu(image, calibration: dict) -> np.ndarray:
+    """A slice of the dataset in standard HU (float32), with the calibration that 01 recorded."""
+    return np.asarray(image, np.float32) * np.float32(calibration["scale"]) + np.float32(calibration["offset"])
+
+# %%
+# NBVAL_CHECK_OUTPUT
+peaks = tissue_peaks(read_slice(p) for p in pairs.image_path)
+calibration = fit_hu_calibration(peaks)
+print(pd.DataFrame({"in these slices": peaks, "standard HU": STANDARD_HU}).round(0).to_string())
+print(f"standard HU = {calibration['scale']:.3f} x stored {calibration['offset']:+.0f}", calibration.get("note", ""))
+
+# %% [markdown]
+# On the Kaggle slices all three sit at about 0.8 times their standard values: air at -797 instead of
+# -1000, fat -81 instead of -100, soft tissue +31 instead of +40. The slices were stored scaled,
+# and their lungs (median -689) are really about -860 HU, the inspiratory lung of other scanners.
+# A model trained on the stored numbers learns that lung is about -690 and calls the darker lung of
+# a standard scan "outside air". So every later notebook reads the slices through
+# `to_standard_hu` with this calibration (recorded in `dataset.json`), and the models learn standard
+# HU, which is what your scans hold. (Bone has no sharp peak, so it is no anchor.)
+
+# %%
+smooth = [ndimage.uniform_filter(read_slice(p).astype(np.float32), 7) for p in pairs.image_path[:40]]
+values = np.concatenate([s[(s > -1100) & (s < 300)].ravel()[::5] for s in smooth])
+figure, axes = plt.subplots(1, 2, figsize=(12, 3.6))
+for axis, data, title in [(axes[0], values, "as stored"), (axes[1], to_standard_hu(values, calibration), "calibrated")]:
+    axis.hist(data, bins=np.arange(-1100, 300, 5), color="grey")
+    for name, standard in STANDARD_HU.items():
+        axis.axvline(standard, color="red", lw=1)
+        axis.text(standard, axis.get_ylim()[1] * 0.95, f" {name}", color="red", fontsize=8, va="top")
+    axis.set_yscale("log"), axis.set_xlabel("value (7x7 mean)"), axis.set_title(f"{title}; red: standard HU")
+save_figure(figure, output_dir / "figures" / "01_hu_calibration.png", dataset["synthetic"]);
+
+# %% [markdown]
 # ## Record what we got
 # The next notebook reads these files: the list of pairs, the facts of each slice and a record of the source.
 
@@ -442,5 +527,6 @@ pairs.to_csv(output_dir / "data" / "pairs.csv", index=False)
 facts.to_csv(output_dir / "data" / "slice_facts.csv", index=False)
 audit.to_csv(output_dir / "data" / "label_audit.csv", index=False)
 write_json(output_dir / "data" / "dataset.json",
-           {**dataset, "pairs": len(pairs), "stats_csv": str(stats_csv) if stats_csv.is_file() else None})
+           {**dataset, "pairs": len(pairs), "stats_csv": str(stats_csv) if stats_csv.is_file() else None,
+            "hu_calibration": calibration})
 print("wrote", output_dir / "data" / "pairs.csv", "label_audit.csv and dataset.json")

@@ -52,6 +52,8 @@ import pandas as pd
 import tensorflow as tf
 from sklearn.model_selection import KFold, train_test_split
 
+from lungseg.checks import check_augmentation  # refuses augmentation settings that cannot work
+from lungseg.data import dataset_calibration  # 01's HU calibration, from dataset.json
 from lungseg.runner import ensure_inputs  # runs 01_download first if its outputs are missing
 
 # %% [markdown]
@@ -72,9 +74,11 @@ FOLDS = 5
 ROTATION_DEGREES = 0.0  # augmentation is off by default: see "Augmentation" below
 FLIP_LEFT_RIGHT = False
 FLIP_UP_DOWN = False
-HU_SHIFT = 0.0  # intensity augmentation (HU; contrast a fraction), off by default: see "Augmentation"
-HU_CONTRAST = 0.0
-NOISE_HU = 0.0
+HU_SCALE = 0.15  # intensity augmentation, on by default: HU x (1 ± HU_SCALE) about water; see "Augmentation"
+HU_SHIFT = 50.0  # ± HU added
+HU_CONTRAST = 0.0  # ± contrast about the slice's mean (a fraction)
+NOISE_HU = 20.0  # Gaussian noise, HU
+BLUR_SIGMA = 1.0  # Gaussian blur of up to this many pixels (at most 1)
 TRAIN_ON_FLAGGED = True  # False: slices whose mask 01's audit flags are kept out of training and validation
 
 # %% [markdown]
@@ -96,12 +100,15 @@ ensure_inputs("02", OUTPUT_DIR)
 dataset = json.loads((output_dir / "data" / "dataset.json").read_text())
 pairs = pd.read_csv(output_dir / "data" / "pairs.csv")
 augmentation = {"rotation_degrees": float(ROTATION_DEGREES), "flip_left_right": bool(FLIP_LEFT_RIGHT),
-                "flip_up_down": bool(FLIP_UP_DOWN), "hu_shift": float(HU_SHIFT), "hu_contrast": float(HU_CONTRAST),
-                "noise_hu": float(NOISE_HU)}
+                "flip_up_down": bool(FLIP_UP_DOWN), "hu_scale": float(HU_SCALE), "hu_shift": float(HU_SHIFT),
+                "hu_contrast": float(HU_CONTRAST), "noise_hu": float(NOISE_HU), "blur_sigma": float(BLUR_SIGMA)}
+check_augmentation(augmentation)
+calibration = dataset_calibration(dataset)  # 01's: the stored values -> standard HU
 lu.config_table({"OUTPUT_DIR": output_dir, "IMG_SIZE": IMG_SIZE, "HU window": (HU_MIN, HU_MAX), "SPLIT": SPLIT,
                  "SPLIT_SEED": SPLIT_SEED,
                  "FOLD": "none (SPLIT)" if FOLD is None else f"{FOLD} of {FOLDS}", "augmentation": augmentation,
                  "TRAIN_ON_FLAGGED": TRAIN_ON_FLAGGED,
+                 "HU calibration (01)": f"standard HU = {calibration['scale']:.3f} x stored {calibration['offset']:+.1f}",
                  "data": f"{dataset['source']}{lu.data_label(dataset['synthetic'])}: {len(pairs)} pairs"})
 
 # %% [markdown]
@@ -120,7 +127,7 @@ def window_hu(image: np.ndarray, hu_min: float, hu_max: float) -> np.ndarray:
     return np.clip((image.astype(np.float32) - hu_min) / (hu_max - hu_min), 0.0, 1.0)
 
 # %%
-image_hu = lu.read_slice(pairs.image_path.iloc[0])
+image_hu = lu.to_standard_hu(lu.read_slice(pairs.image_path.iloc[0]), calibration)
 figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
 axes[0].imshow(image_hu, cmap="gray"), axes[0].set_title(f"full range {image_hu.min()}..{image_hu.max()} HU")
 axes[1].imshow(window_hu(image_hu, HU_MIN, HU_MAX), cmap="gray"), axes[1].set_title(f"window {HU_MIN}..{HU_MAX} HU")
@@ -235,7 +242,8 @@ pairs = pairs.merge(manifest, on="name")
 arrays = {}
 for split in ("train", "val", "test"):
     part = pairs[pairs.split == split]
-    images = [preprocess_slice(lu.read_slice(p), IMG_SIZE, HU_MIN, HU_MAX) for p in part.image_path]
+    images = [preprocess_slice(lu.to_standard_hu(lu.read_slice(p), calibration), IMG_SIZE, HU_MIN, HU_MAX)
+              for p in part.image_path]
     masks = [resize_mask(lu.read_mask(p), IMG_SIZE) for p in part.mask_path]
     arrays[f"x_{split}"] = np.stack(images)[..., None].astype(np.float32)
     arrays[f"y_{split}"] = np.stack(masks)[..., None].astype(np.uint8)
@@ -260,7 +268,7 @@ np.savez(temporary, **arrays)
 temporary.replace(arrays_path)
 settings = {"img_size": IMG_SIZE, "hu_min": HU_MIN, "hu_max": HU_MAX, "split": SPLIT, "split_seed": SPLIT_SEED,
             "split_method": "train_test_split" if FOLD is None else f"KFold fold {FOLD} of {FOLDS}",
-            "augmentation": augmentation, "train_on_flagged": bool(TRAIN_ON_FLAGGED),
+            "augmentation": augmentation, "train_on_flagged": bool(TRAIN_ON_FLAGGED), "hu_calibration": calibration,
             "data_source": dataset["source"], "synthetic": dataset["synthetic"],
             "data_root": dataset["root"], "slices": {s: int(len(arrays[f"x_{s}"])) for s in ("train", "val", "test")}}
 lu.write_json(output_dir / "data" / "preprocess.json", settings)
@@ -268,20 +276,26 @@ print("wrote", arrays_path, f"({arrays_path.stat().st_size / 1e6:.0f} MB) and pr
 
 # %% [markdown]
 # ## Augmentation
-# With about 150 training slices a model can memorise them, and the usual guard is augmentation:
-# each time a batch is drawn for training, its slices are randomly mirrored left-right
-# (`FLIP_LEFT_RIGHT`) and rotated by up to `ROTATION_DEGREES`. Keras' preprocessing layers
-# `RandomFlip` and `RandomRotation` do the work. Image and mask must get the *same* transform, so
-# they go through the layers stacked as two channels, and the mask is thresholded again so it stays
-# binary. Up-down flips (`FLIP_UP_DOWN`) exist, but an upside-down chest is not a slice a model will
-# ever meet.
+# With about 150 training slices from one collection, a model learns that collection: its
+# scanners, its doses, its patients' breathing. Augmentation shows it other versions of each slice,
+# a new random one each time a batch is drawn.
 #
-# Scanners also differ in their numbers: calibration shifts HU by a few tens, reconstruction
-# kernels and doses change contrast and noise. *Intensity* augmentation imitates that on the image
-# alone (the mask does not change): up to ±`HU_SHIFT` HU added (`RandomBrightness`), contrast
-# changed by up to ±`HU_CONTRAST` (`RandomContrast`, about the slice's mean) and Gaussian noise of
-# `NOISE_HU` HU (`GaussianNoise`). The layers work on windowed values, so HU are divided by the
-# window's width; `ImageOnly` applies a layer to the image channel and passes the mask through.
+# **Intensity augmentation is on by default**, because the numbers are what differ most between
+# scanners. A scanner's calibration scales HU about water (the Kaggle slices were stored at 0.8x),
+# breathing and disease move lung between about -700 (expiration) and below -950 (emphysema), doses
+# change the noise, and reconstruction kernels the sharpness. So each training slice gets, on the
+# image alone (the mask does not change): its HU multiplied by up to 1 ± `HU_SCALE` about water
+# (`RandomHUScale`, our one custom layer), ± `HU_SHIFT` HU added (`RandomBrightness`), Gaussian noise
+# of `NOISE_HU` HU (`GaussianNoise`) and a Gaussian blur of up to `BLUR_SIGMA` pixels
+# (`RandomGaussianBlur`). The layers work on windowed values, so HU are divided by the window's
+# width; `ImageOnly` applies a layer to the image channel and passes the mask through.
+# `HU_CONTRAST` (contrast about the slice's own mean, `RandomContrast`) is there but off: it moves
+# air, which no scanner does.
+#
+# Geometric augmentation, off by default, mirrors left-right (`FLIP_LEFT_RIGHT`) and rotates by up to
+# `ROTATION_DEGREES` (`RandomFlip`, `RandomRotation`). Image and mask get the *same* transform: they
+# go through the layers stacked as two channels, and the mask is thresholded again so it stays
+# binary. On the cross-validation it did not pay (RESULTS).
 
 # %%
 #@save
@@ -296,9 +310,25 @@ class ImageOnly(keras.layers.Layer):
         return tf.concat([self.layer(stack[..., :1], training=training), stack[..., 1:]], axis=-1)
 
 
+class RandomHUScale(keras.layers.Layer):
+    """Multiply HU by a random factor in [1 - factor, 1 + factor] about ``pivot`` (water, in windowed
+    units), one factor per slice, and clip to the window: another scanner's calibration."""
+
+    def __init__(self, factor: float, pivot: float, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.factor, self.pivot, self.seed_generator = factor, pivot, keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        scale = keras.random.uniform((tf.shape(images)[0], 1, 1, 1), 1 - self.factor, 1 + self.factor,
+                                     seed=self.seed_generator)
+        return tf.clip_by_value(self.pivot + scale * (images - self.pivot), 0.0, 1.0)
+
+
 def make_augmenter(rotation_degrees: float = 10.0, flip_left_right: bool = True, flip_up_down: bool = False,
-                   hu_shift: float = 0.0, hu_contrast: float = 0.0, noise_hu: float = 0.0,
-                   hu_window: tuple = (-1000, 400), seed: int = 0):
+                   hu_scale: float = 0.0, hu_shift: float = 0.0, hu_contrast: float = 0.0, noise_hu: float = 0.0,
+                   blur_sigma: float = 0.0, hu_window: tuple = (-1000, 400), seed: int = 0):
     """Random flips and rotations of image and mask, and intensity changes of the image alone (Keras
     preprocessing layers), or None when every option is off. hu_window: the (HU_MIN, HU_MAX) the
     images were windowed with, to turn HU into windowed units."""
@@ -310,8 +340,13 @@ def make_augmenter(rotation_degrees: float = 10.0, flip_left_right: bool = True,
     if rotation_degrees:  # the factor is a fraction of a full turn; rotated-in corners are 0, air after windowing
         steps.append(keras.layers.RandomRotation(rotation_degrees / 360, fill_mode="constant", fill_value=0.0,
                                                  seed=seed))
-    if noise_hu:  # before the shift and contrast, which clip to the window as windowing does
+    if blur_sigma:  # half the slices, one sigma up to blur_sigma per batch
+        steps.append(ImageOnly(keras.layers.RandomGaussianBlur(0.5, kernel_size=5, sigma=(0.0, blur_sigma),
+                                                               value_range=(0, 1), seed=seed)))
+    if noise_hu:  # before the scale, shift and contrast, which clip to the window as windowing does
         steps.append(ImageOnly(keras.layers.GaussianNoise(noise_hu / width, seed=seed)))
+    if hu_scale:
+        steps.append(ImageOnly(RandomHUScale(hu_scale, -hu_window[0] / width, seed=seed)))
     if hu_shift:
         steps.append(ImageOnly(keras.layers.RandomBrightness(hu_shift / width, value_range=(0, 1), seed=seed)))
     if hu_contrast:
@@ -325,25 +360,13 @@ def augment_pair(images, masks, augmenter):
     return both[..., :1], tf.cast(both[..., 1:] >= 0.5, masks.dtype)
 
 # %% [markdown]
-# **On these slices it did not pay, so it is off by default.** In the 5-fold cross-validation over
-# all 217 slices (README, Results), flips with ±10° rotations lowered the per-slice Dice of the
-# Residual U-Net by 0.0010 (95% CI 0.0006..0.0017) and of the U-Net by 0.0003 (CI 0.0000..0.0007) at
-# 25 epochs, as they had on the previous 33-slice split. Over 40 epochs they no longer cost the
-# typical slice anything, but two of the five Residual U-Nets each failed on one slice (Dice 0.982 →
-# 0.838 on a slice with heavy streak noise, −0.06 on one with metal streaks), and neither model's
-# mean rose beyond the noise. The intensity options (±40 HU, contrast
-# ±0.1, noise 15 HU) changed it by +0.0002 for both models (95% CIs −0.0001..+0.0006 and
-# +0.0000..+0.0004): too little to tell from chance, so they stay off as well. The slices all come
-# from one collection and its scanners; on your own scans, if they vary more (other scanners,
-# patient positions), try `ROTATION_DEGREES = 10`, `FLIP_LEFT_RIGHT = True` or the intensity options
-# and compare on your validation slices. Below: one training slice (left) and five random
-# augmentations of it, with the settings above, or, when they switch augmentation off, with example
-# settings (flips, ±10°, ±40 HU, contrast ±0.1, noise 15 HU).
+# Below: one training slice (left) and five random augmentations of it, with the settings above
+# (or, when they switch augmentation off, with example settings).
 
 # %%
 augmentation_on = any(augmentation.values())
-shown = augmentation if augmentation_on else {"rotation_degrees": 10.0, "flip_left_right": True, "hu_shift": 40.0,
-                                              "hu_contrast": 0.1, "noise_hu": 15.0}
+shown = augmentation if augmentation_on else {"rotation_degrees": 10.0, "flip_left_right": True, "hu_scale": 0.15,
+                                              "hu_shift": 50.0, "noise_hu": 20.0, "blur_sigma": 1.0}
 print("augmentation in training:", augmentation if augmentation_on else "off", "| figure shows:", shown)
 image, mask = arrays["x_train"][:1], arrays["y_train"][:1]
 new_images, new_masks = augment_pair(np.repeat(image, 5, axis=0), np.repeat(mask, 5, axis=0),

@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
 
-from lungseg.data import pixel_area_mm2  # the pixel area that lung_stats.csv implies
+from lungseg.data import dataset_calibration, pixel_area_mm2  # 01's HU calibration; the pixel area of lung_stats.csv
 from lungseg.runner import ensure_inputs  # runs 01 and 02 first if their outputs are missing
 
 # %% [markdown]
@@ -66,6 +66,7 @@ from lungseg.runner import ensure_inputs  # runs 01 and 02 first if their output
 # `PREDICT_DIR`: your own CT, a DICOM series folder, a NIfTI file, or slices (TIFF in HU, 16-bit PNG
 # holding HU+1024, DICOM); empty means a demonstration on a series built from test slices.
 # `PREDICT_MODEL`: `"unet"`, `"resunet"`, or empty for the one with the better test Dice.
+# `OTHER_SCANNER`: a chest CT from another collection, for the section "Another scanner" (empty: skipped).
 
 # %% tags=["parameters"]
 OUTPUT_DIR = "outputs"
@@ -74,6 +75,7 @@ MODELS = ["unet", "resunet"]
 THRESHOLD = 0.5
 PREDICT_DIR = ""
 PREDICT_MODEL = ""
+OTHER_SCANNER = "../shared/data/external-ct/cip-copdgene-64/ct-64Dicom"  # relative to the repository
 SEED = 0
 
 # %% [markdown]
@@ -142,7 +144,7 @@ lu.config_table({"models": models_dir, "MODELS": MODELS, "THRESHOLD": THRESHOLD,
 
 # %% [markdown]
 # ## The test slices at native resolution
-# Read straight from the original files, in HU, with their original masks. A slice that one of the
+# Read straight from the original files, calibrated to standard HU as in 02, with their original masks. A slice that one of the
 # models trained or validated on is no test of it; if the split has changed since the models were
 # trained (another `SPLIT_SEED`, more data), such slices are left out, and said so.
 
@@ -159,7 +161,9 @@ if test.empty:
     raise LungsegError("No test slice is left that the models have not trained or validated on: retrain them "
                        "(03, 04) on this split, or re-run 02 with the split they were trained on.")
 names = list(test.name)
-images, masks = [read_slice(p) for p in test.image_path], [lu.read_mask(p) for p in test.mask_path]
+calibration = dataset_calibration(dataset)  # 01's: these slices' stored values -> standard HU
+images = [lu.to_standard_hu(read_slice(p), calibration) for p in test.image_path]
+masks = [lu.read_mask(p) for p in test.mask_path]
 print(f"test slices: {len(names)}, shapes: {sorted({m.shape for m in masks})}")
 
 # %% [markdown]
@@ -733,8 +737,14 @@ def find_scans(input_path, series: str | None = None) -> list:
     return scans
 
 # %% [markdown]
-# Segmenting a scan is segmenting its slices, in batches, exactly as for the test slices above;
-# then, for a volume, the lung voxels are told right from left.
+# Segmenting a scan is segmenting its slices, in batches, exactly as for the test slices above.
+# A 2D model sees one slice at a time, so below the lungs it may mark gas in the stomach and bowel,
+# and beside the body the air by the arms or hips. A volume shows what a slice cannot: the lungs are
+# the large connected air-filled organs inside the body. So a volume's mask is judged in 3D, as
+# lungmask does: connected regions (SciPy's `ndimage.label`) are kept only if they lie inside the
+# body, hold lung tissue (not pure gas: their median is above -970 HU; lung, even emphysematous,
+# has vessels and walls) and are at least a tenth of the largest one. A volume with under 20 mL of
+# lung left is reported as "no lungs found". Then the lung voxels are told right from left.
 
 # %%
 #@save
@@ -761,6 +771,29 @@ def split_lungs(mask: np.ndarray) -> np.ndarray:
     return labels
 
 
+def keep_lungs(mask: np.ndarray, scan: Scan, min_share: float = 0.1, gas_hu: float = -970.0) -> np.ndarray:
+    """The connected regions of a volume's mask[slice, row, column] that can be lung: mostly inside the
+    body (each slice's outline of tissue above -500 HU, holes filled), with a median above ``gas_hu``
+    (not pure gas) and at least ``min_share`` of the largest such region's volume."""
+    regions, found = ndimage.label(mask)
+    if not found:
+        return mask.astype(np.uint8)
+    body = np.stack([ndimage.binary_fill_holes(hu > -500) for hu in scan.hu])
+    voxel_ml = np.broadcast_to((scan.slice_thickness_mm * np.prod(scan.pixel_spacing_mm) / 1000)[:, None, None],
+                               mask.shape)
+    index = np.arange(1, found + 1)
+    volume = ndimage.sum_labels(voxel_ml, regions, index)
+    inside = ndimage.mean(body, regions, index)
+    median_hu = ndimage.median(scan.hu, regions, index)
+    lung_like = (inside >= 0.5) & (median_hu > gas_hu)
+    largest = volume[lung_like].max(initial=0)
+    keep = np.concatenate([[False], lung_like & (volume >= min_share * largest)])
+    return keep[regions].astype(np.uint8)
+
+
+NO_LUNG_ML = 20.0  # less lung than this in a volume: "no lungs found"
+
+
 def segment_scan(model, scan: Scan, settings: dict, threshold: float = 0.5, postprocess: bool = True,
                  batch_size: int = 8, progress: bool = False) -> np.ndarray:
     """Labels[slice, row, column] for a Scan: 0 background, 1 right lung, 2 left lung (a slice: 1 lung)."""
@@ -776,7 +809,9 @@ def segment_scan(model, scan: Scan, settings: dict, threshold: float = 0.5, post
                 mask = (probability >= threshold).astype(np.uint8)
                 masks[start + offset] = clean_mask(mask) if postprocess else mask
             bar.update(len(chunk))
-    return split_lungs(masks) if scan.kind == "volume" else masks
+    if scan.kind == "slice":
+        return masks
+    return split_lungs(keep_lungs(masks, scan) if postprocess else masks)
 
 
 def scan_measurements(scan: Scan, labels: np.ndarray, pixel_spacing_mm: float | None = None) -> dict:
@@ -794,6 +829,8 @@ def scan_measurements(scan: Scan, labels: np.ndarray, pixel_spacing_mm: float | 
             return float((part.sum(axis=(1, 2)) * scan.slice_thickness_mm).sum() * pixel_area / 1000)
         row.update(lung_volume_ml=millilitres(lung), right_volume_ml=millilitres(labels == 1),
                    left_volume_ml=millilitres(labels == 2))
+        if row["lung_volume_ml"] < NO_LUNG_ML:
+            row["note"] = f"no lungs found ({row['lung_volume_ml']:.1f} mL): is this a chest CT?"
     inside = scan.hu[lung].astype(np.float64)
     percentiles = np.percentile(inside, [5, 15, 95]) if inside.size else [np.nan] * 3
     row.update(mean_hu=inside.mean() if inside.size else np.nan, pd05_hu=percentiles[0], pd15_hu=percentiles[1],
@@ -890,6 +927,8 @@ def predict_scans(model, settings: dict, input_path, output_dir, *, threshold: f
             names.add(scan.name)
             rows.append({**scan_measurements(scan, labels, pixel_spacing_mm),
                          **write_scan_outputs(scan, labels, outputs), "input": str(source)})
+            if "note" in rows[-1]:
+                log(f"{source}: {rows[-1]['note']}")
         except LungsegError as error:
             problems.append(str(error))
             log(f"not segmented: {error}")
@@ -940,3 +979,38 @@ measured.drop(columns=["mask", "preview", "input"]).round(2).T
 # %%
 figure, axis = plt.subplots(figsize=(14, 3))
 axis.imshow(plt.imread(measured.preview.iloc[0])), axis.axis("off");
+
+# %% [markdown]
+# ## Another scanner
+# Every score above comes from slices of one collection, and a model can score 0.98 on every one of
+# them and still fail elsewhere. The Kaggle slices were stored at about 0.8x their HU (01): the
+# first models, trained on those numbers, learnt that lung is about -690 and took the darker lung
+# of standard scans for outside air. On a COPD patient's whole-chest CT from the Chest Imaging
+# Platform they found 306 of its 4,554 mL of lung (Dice 0.10). This is **domain shift**, and only
+# data from elsewhere shows it. Below: the lung's values in a Kaggle slice as stored and in that
+# scan, and the scan segmented by today's models (trained on calibrated HU with intensity
+# augmentation). The scan ships with the Chest Imaging Platform's tests
+# (github.com/acil-bwh/ChestImagingPlatform, `Testing/Data/Input/ct-64Dicom`); set `OTHER_SCANNER` to
+# its folder, or to any chest CT. All volumes and the figures of every model: RESULTS in the README.
+
+# %%
+other = REPO_ROOT / OTHER_SCANNER if OTHER_SCANNER else None
+if other is None or not other.exists():
+    print(f"OTHER_SCANNER {OTHER_SCANNER!r} is not here: section skipped (see above where to get the scan).")
+else:
+    scan = lu.find_scans(other)[0][1]()
+    labels = lu.segment_scan(models[chosen], scan, records[chosen])
+    row = lu.scan_measurements(scan, labels)
+    print(f"{chosen} on {other.name}: {row['lung_volume_ml']:,.0f} mL of lung, LAA-950 {row['laa950_percent']:.1f}%, "
+          f"PD15 {row['pd15_hu']:.0f} HU")
+    stored = read_slice(test.image_path.iloc[0])
+    figure, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    axes[0].hist(stored[lu.read_mask(test.mask_path.iloc[0]) > 0], bins=np.arange(-1100, 0, 10), color="grey")
+    axes[0].set_title("Kaggle slice, lung as stored"), axes[0].set_xlabel("stored value")
+    axes[1].hist(scan.hu[labels > 0], bins=np.arange(-1100, 0, 10), color="steelblue")
+    axes[1].set_title("other scanner, lung in HU"), axes[1].set_xlabel("HU")
+    k = int(np.argmax((labels > 0).sum(axis=(1, 2))))
+    axes[2].imshow(lu.mask_overlay(lu.window_hu(scan.hu[k], -1000, 400), labels[k]))
+    axes[2].set_title(f"{chosen}, slice {k + 1} of {len(labels)}"), axes[2].axis("off")
+    lu.save_figure(figure, figures_dir / "05_other_scanner.png");
+

@@ -91,7 +91,8 @@ def test_the_committed_models_reproduce_their_recorded_test_dice(name, real_data
     model, record = lu.load_trained_model(COMMITTED / f"{name}.keras")
     assert record["synthetic"] is False and record["img_size"] == 256
     assert (COMMITTED / f"{name}.keras").stat().st_size < 3e6  # no optimizer state
-    images = [lu.read_slice(real_data / "2d_images" / n) for n in record["test_slices"]]
+    images = [lu.to_standard_hu(lu.read_slice(real_data / "2d_images" / n), record["hu_calibration"])
+              for n in record["test_slices"]]
     truths = [lu.read_mask(real_data / "2d_masks" / n) for n in record["test_slices"]]
     masks = lu.predict_masks(model, images, record)
     dice = np.mean([lu.overlap_scores(t, m)["dice"] for t, m in zip(truths, masks)])

@@ -30,9 +30,12 @@ def committed():
 
 
 @pytest.fixture(scope="module")
-def slices(real_data, real_names):
-    """Six real slices in HU (from different patients: a test volume, not anatomy)."""
-    return [lu.read_slice(real_data / "2d_images" / name) for name in real_names[:6]]
+def slices(real_data, real_names, committed):
+    """Six real slices in standard HU, int16 as a scanner stores them (calibrated as the committed models'
+    training slices were; from different patients: a test volume, not anatomy)."""
+    calibration = committed[1]["hu_calibration"]
+    return [np.round(lu.to_standard_hu(lu.read_slice(real_data / "2d_images" / name), calibration)).astype(np.int16)
+            for name in real_names[:6]]
 
 
 def _predict(committed, source, output, **options):
