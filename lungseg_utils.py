@@ -383,6 +383,27 @@ def preprocess_slice(image_hu: np.ndarray, img_size: int, hu_min: float, hu_max:
     return resize_image(window_hu(image_hu, hu_min, hu_max), img_size)
 
 
+def add_gas_pockets(image01: np.ndarray, mask: np.ndarray, rng: np.random.Generator, hu_window=(-1000, 400),
+                    count=(1, 3), radius_px=(3, 16)) -> np.ndarray:
+    """A windowed slice with 1-3 elliptic pockets of gas (-1000..-900 HU, noise of 20 HU, edges blurred
+    by one pixel) pasted where the slice is soft tissue (above -200 HU) at least 4 pixels from the lung."""
+    width = float(hu_window[1] - hu_window[0])
+    image = image01.astype(np.float32).copy()
+    tissue = (image > (-200 - hu_window[0]) / width) & ~ndimage.binary_dilation(mask.astype(bool), iterations=4)
+    yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+    for _ in range(int(rng.integers(count[0], count[1] + 1))):
+        ry, rx = rng.uniform(*radius_px, size=2)
+        room = ndimage.binary_erosion(tissue, np.ones((2 * int(ry) + 1, 2 * int(rx) + 1)))
+        if not room.any():
+            break
+        cy, cx = np.argwhere(room)[rng.integers(np.count_nonzero(room))]
+        pocket = ndimage.gaussian_filter((((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1).astype(np.float32), 1.0)
+        gas = (rng.uniform(-1000, -900) + rng.normal(0, 20, image.shape) - hu_window[0]) / width
+        image = np.clip((1 - pocket) * image + pocket * gas, 0, 1)
+        tissue &= pocket < 0.01
+    return image
+
+
 class ImageOnly(keras.layers.Layer):
     """Apply a layer to channel 0 (the image) of an image+mask stack; the mask passes unchanged."""
 

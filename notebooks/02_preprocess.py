@@ -50,6 +50,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+from scipy import ndimage
 from sklearn.model_selection import KFold, train_test_split
 
 from lungseg.checks import check_augmentation  # refuses augmentation settings that cannot work
@@ -79,6 +80,7 @@ HU_SHIFT = 50.0  # ± HU added
 HU_CONTRAST = 0.0  # ± contrast about the slice's mean (a fraction)
 NOISE_HU = 20.0  # Gaussian noise, HU
 BLUR_SIGMA = 1.0  # Gaussian blur of up to this many pixels (at most 1)
+GAS_POCKETS = 0.5  # share of training slices given pockets of bowel gas that are not lung; see "Gas is not lung"
 TRAIN_ON_FLAGGED = True  # False: slices whose mask 01's audit flags are kept out of training and validation
 
 # %% [markdown]
@@ -102,12 +104,12 @@ pairs = pd.read_csv(output_dir / "data" / "pairs.csv")
 augmentation = {"rotation_degrees": float(ROTATION_DEGREES), "flip_left_right": bool(FLIP_LEFT_RIGHT),
                 "flip_up_down": bool(FLIP_UP_DOWN), "hu_scale": float(HU_SCALE), "hu_shift": float(HU_SHIFT),
                 "hu_contrast": float(HU_CONTRAST), "noise_hu": float(NOISE_HU), "blur_sigma": float(BLUR_SIGMA)}
-check_augmentation(augmentation)
+check_augmentation({**augmentation, "gas_pockets": GAS_POCKETS})
 calibration = dataset_calibration(dataset)  # 01's: the stored values -> standard HU
 lu.config_table({"OUTPUT_DIR": output_dir, "IMG_SIZE": IMG_SIZE, "HU window": (HU_MIN, HU_MAX), "SPLIT": SPLIT,
                  "SPLIT_SEED": SPLIT_SEED,
                  "FOLD": "none (SPLIT)" if FOLD is None else f"{FOLD} of {FOLDS}", "augmentation": augmentation,
-                 "TRAIN_ON_FLAGGED": TRAIN_ON_FLAGGED,
+                 "TRAIN_ON_FLAGGED": TRAIN_ON_FLAGGED, "GAS_POCKETS": GAS_POCKETS,
                  "HU calibration (01)": f"standard HU = {calibration['scale']:.3f} x stored {calibration['offset']:+.1f}",
                  "data": f"{dataset['source']}{lu.data_label(dataset['synthetic'])}: {len(pairs)} pairs"})
 
@@ -257,6 +259,50 @@ print("image range:", float(arrays["x_train"].min()), "..", float(arrays["x_trai
 print("mask values:", np.unique(np.concatenate([arrays[f"y_{s}"].ravel() for s in ("train", "val", "test")])))
 
 # %% [markdown]
+# ## Gas is not lung
+# In standard HU, gas in the stomach and bowel (about -1000, and -950 where it borders the gut wall)
+# is as dark as the darkest lung, and the chest slices here hold almost none of it: a model never
+# told otherwise takes every dark pocket inside the body for lung. So `GAS_POCKETS` of the training
+# slices get one to three pockets of gas pasted into soft tissue away from the lungs, labelled
+# "not lung": homogeneous air with noise, with soft edges, and no vessels, which lung always has.
+# Validation and test slices stay as they are.
+
+# %%
+#@save
+def add_gas_pockets(image01: np.ndarray, mask: np.ndarray, rng: np.random.Generator, hu_window=(-1000, 400),
+                    count=(1, 3), radius_px=(3, 16)) -> np.ndarray:
+    """A windowed slice with 1-3 elliptic pockets of gas (-1000..-900 HU, noise of 20 HU, edges blurred
+    by one pixel) pasted where the slice is soft tissue (above -200 HU) at least 4 pixels from the lung."""
+    width = float(hu_window[1] - hu_window[0])
+    image = image01.astype(np.float32).copy()
+    tissue = (image > (-200 - hu_window[0]) / width) & ~ndimage.binary_dilation(mask.astype(bool), iterations=4)
+    yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+    for _ in range(int(rng.integers(count[0], count[1] + 1))):
+        ry, rx = rng.uniform(*radius_px, size=2)
+        room = ndimage.binary_erosion(tissue, np.ones((2 * int(ry) + 1, 2 * int(rx) + 1)))
+        if not room.any():
+            break
+        cy, cx = np.argwhere(room)[rng.integers(np.count_nonzero(room))]
+        pocket = ndimage.gaussian_filter((((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1).astype(np.float32), 1.0)
+        gas = (rng.uniform(-1000, -900) + rng.normal(0, 20, image.shape) - hu_window[0]) / width
+        image = np.clip((1 - pocket) * image + pocket * gas, 0, 1)
+        tissue &= pocket < 0.01
+    return image
+
+# %%
+rng = np.random.default_rng(SPLIT_SEED)
+given = np.flatnonzero(rng.random(len(arrays["x_train"])) < GAS_POCKETS)
+for k in given:
+    arrays["x_train"][k, ..., 0] = add_gas_pockets(arrays["x_train"][k, ..., 0], arrays["y_train"][k, ..., 0], rng,
+                                                   (HU_MIN, HU_MAX))
+print(f"gas pockets pasted into {len(given)} of {len(arrays['x_train'])} training slices")
+if len(given):
+    k = given[0]
+    lu.show_pairs([[arrays["x_train"][k, ..., 0], arrays["y_train"][k, ..., 0]]], ["with gas pockets", "mask (unchanged)"],
+                  title="Gas is not lung", path=output_dir / "figures" / "02_gas_pockets.png",
+                  synthetic=dataset["synthetic"], size=3.2);
+
+# %% [markdown]
 # ## Save the arrays and the settings
 # The training notebooks read these; the settings travel on with each trained model, so that
 # predictions on new scans use exactly this preprocessing.
@@ -268,7 +314,8 @@ np.savez(temporary, **arrays)
 temporary.replace(arrays_path)
 settings = {"img_size": IMG_SIZE, "hu_min": HU_MIN, "hu_max": HU_MAX, "split": SPLIT, "split_seed": SPLIT_SEED,
             "split_method": "train_test_split" if FOLD is None else f"KFold fold {FOLD} of {FOLDS}",
-            "augmentation": augmentation, "train_on_flagged": bool(TRAIN_ON_FLAGGED), "hu_calibration": calibration,
+            "augmentation": augmentation, "gas_pockets": float(GAS_POCKETS), "train_on_flagged": bool(TRAIN_ON_FLAGGED),
+            "hu_calibration": calibration,
             "data_source": dataset["source"], "synthetic": dataset["synthetic"],
             "data_root": dataset["root"], "slices": {s: int(len(arrays[f"x_{s}"])) for s in ("train", "val", "test")}}
 lu.write_json(output_dir / "data" / "preprocess.json", settings)

@@ -96,7 +96,20 @@ def test_the_default_intensity_augmentation_runs_in_tf_data_and_keeps_masks_bina
     assert set(np.unique(y.numpy())) <= {0, 1} and not np.allclose(x.numpy()[0], x.numpy()[1])
 
 
-@pytest.mark.parametrize("key, value", [("hu_scale", 1.5), ("blur_sigma", 2.0), ("noise_hu", -1.0), ("hu_shift", "50")])
+def test_gas_pockets_go_into_soft_tissue_away_from_the_lungs_and_leave_the_mask(real_data, real_names):
+    image = lu.preprocess_slice(lu.read_slice(real_data / "2d_images" / real_names[3]), 256, -1000, 400)
+    mask = lu.resize_mask(lu.read_mask(real_data / "2d_masks" / real_names[3]), 256)
+    with_gas = lu.add_gas_pockets(image, mask, np.random.default_rng(0), count=(3, 3))
+    changed = np.abs(with_gas - image) > 0.05
+    assert changed.sum() > 30 and 0 <= with_gas.min() and with_gas.max() <= 1
+    assert not (changed & mask.astype(bool)).any()  # never on the lung
+    assert np.median(with_gas[changed]) * 1400 - 1000 < -850  # gas
+    assert np.median(image[changed]) * 1400 - 1000 > -300  # where there was tissue
+    np.testing.assert_array_equal(lu.add_gas_pockets(image, mask, np.random.default_rng(0), count=(3, 3)), with_gas)
+
+
+@pytest.mark.parametrize("key, value", [("hu_scale", 1.5), ("blur_sigma", 2.0), ("noise_hu", -1.0), ("hu_shift", "50"),
+                                        ("gas_pockets", 1.5)])
 def test_augmentation_settings_that_cannot_work_are_refused(key, value):
     with pytest.raises(LungsegError, match=key.upper()):
         check_augmentation({key: value})
