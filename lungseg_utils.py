@@ -386,7 +386,8 @@ def preprocess_slice(image_hu: np.ndarray, img_size: int, hu_min: float, hu_max:
 def add_gas_pockets(image01: np.ndarray, mask: np.ndarray, rng: np.random.Generator, hu_window=(-1000, 400),
                     count=(1, 3), radius_px=(3, 16)) -> np.ndarray:
     """A windowed slice with 1-3 elliptic pockets of gas (-1000..-900 HU, noise of 20 HU, edges blurred
-    by one pixel) pasted where the slice is soft tissue (above -200 HU) at least 4 pixels from the lung."""
+    by one pixel; radii in ``radius_px``, for a 256-pixel slice) pasted where the slice is soft tissue
+    (above -200 HU) at least 4 pixels from the lung."""
     width = float(hu_window[1] - hu_window[0])
     image = image01.astype(np.float32).copy()
     tissue = (image > (-200 - hu_window[0]) / width) & ~ndimage.binary_dilation(mask.astype(bool), iterations=4)

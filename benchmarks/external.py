@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -197,6 +198,8 @@ def picture(case: dict, arrays: dict, path: Path, title: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models-dir", default=str(REPO_ROOT / "models"), help="holds unet.keras, resunet.keras")
+    parser.add_argument("--models-from-commit", metavar="COMMIT",
+                        help="the committed models of an earlier commit of this repository (git show), instead")
     parser.add_argument("--label", default="", help="results go to external-LABEL.json")
     parser.add_argument("--shared", default=str(SHARED), help="the shared data folder")
     args = parser.parse_args(argv)
@@ -204,9 +207,17 @@ def main(argv=None) -> int:
 
     shared, models_dir = Path(args.shared), Path(args.models_dir)
     suffix = f"-{args.label}" if args.label else ""
-    results = {"command": "python benchmarks/external.py" + (f" --models-dir {args.models_dir}" if args.models_dir !=
-                                                              str(REPO_ROOT / "models") else "")
-               + (f" --label {args.label}" if args.label else ""),
+    command = "python benchmarks/external.py" + (f" --models-dir {args.models_dir}" if args.models_dir != str(
+        REPO_ROOT / "models") else "") + (f" --models-from-commit {args.models_from_commit}" if args.models_from_commit
+                                          else "") + (f" --label {args.label}" if args.label else "")
+    if args.models_from_commit:
+        models_dir = Path(tempfile.mkdtemp(prefix="lungseg-models-"))
+        for name in MODELS:
+            for extension in (".keras", ".json"):
+                blob = subprocess.run(["git", "show", f"{args.models_from_commit}:models/{name}{extension}"],
+                                      cwd=REPO_ROOT, capture_output=True, check=True).stdout
+                (models_dir / f"{name}{extension}").write_bytes(blob)
+    results = {"command": command,
                "date": time.strftime("%Y-%m-%d"), "device": lu.describe_device(), "versions": lu.library_versions(),
                "platform": platform.platform(), "targets": TARGETS, "volumes": {}, "lidc": {}, "models": {}}
     with tempfile.TemporaryDirectory() as work:

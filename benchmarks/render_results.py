@@ -286,6 +286,8 @@ def _targets(name: str, result: dict, targets: dict) -> str:
     if "laa950_points" in targets and result["laa950_percent"] is not None:
         met = abs(result["laa950_percent"] - result["reference_laa950_percent"]) <= targets["laa950_points"]
         checks.append(f"LAA-950 within {targets['laa950_points']:g} points {'yes' if met else '**no**'}")
+    if result.get("note"):
+        checks.append(f"says: {result['note']}")
     return "; ".join(checks) or "–"
 
 
@@ -322,9 +324,8 @@ def external_section(external: dict, before: dict | None) -> list[str]:
                                                  for m, r in before.get("lidc", {}).items()) + ")" if before else "")
             + "; lungmask's R231 finds 50,644."]
     if before:
-        lines += ["", f"\"Previous\": the models trained on the Kaggle slices' stored values without intensity "
-                  f"augmentation (`{before['command']}`, with those models in the folder it names), through the same "
-                  "path and 3D step."]
+        lines += ["", f"\"Previous\": the models committed before the HU calibration, trained on the Kaggle slices' "
+                  f"stored values without intensity augmentation, through today's path and 3D step (`{before['command']}`)."]
     return lines + [""]
 
 

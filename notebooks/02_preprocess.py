@@ -272,7 +272,8 @@ print("mask values:", np.unique(np.concatenate([arrays[f"y_{s}"].ravel() for s i
 def add_gas_pockets(image01: np.ndarray, mask: np.ndarray, rng: np.random.Generator, hu_window=(-1000, 400),
                     count=(1, 3), radius_px=(3, 16)) -> np.ndarray:
     """A windowed slice with 1-3 elliptic pockets of gas (-1000..-900 HU, noise of 20 HU, edges blurred
-    by one pixel) pasted where the slice is soft tissue (above -200 HU) at least 4 pixels from the lung."""
+    by one pixel; radii in ``radius_px``, for a 256-pixel slice) pasted where the slice is soft tissue
+    (above -200 HU) at least 4 pixels from the lung."""
     width = float(hu_window[1] - hu_window[0])
     image = image01.astype(np.float32).copy()
     tissue = (image > (-200 - hu_window[0]) / width) & ~ndimage.binary_dilation(mask.astype(bool), iterations=4)
@@ -294,7 +295,7 @@ rng = np.random.default_rng(SPLIT_SEED)
 given = np.flatnonzero(rng.random(len(arrays["x_train"])) < GAS_POCKETS)
 for k in given:
     arrays["x_train"][k, ..., 0] = add_gas_pockets(arrays["x_train"][k, ..., 0], arrays["y_train"][k, ..., 0], rng,
-                                                   (HU_MIN, HU_MAX))
+                                                   (HU_MIN, HU_MAX), radius_px=(3 * IMG_SIZE / 256, 16 * IMG_SIZE / 256))
 print(f"gas pockets pasted into {len(given)} of {len(arrays['x_train'])} training slices")
 if len(given):
     k = given[0]

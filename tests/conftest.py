@@ -117,7 +117,8 @@ def write_training_inputs(arrays: dict, output_dir: Path, preprocessing: dict = 
     np.savez(data / "arrays.npz", **arrays)
     (data / "preprocess.json").write_text(json.dumps({**preprocessing, "split": [0.7, 0.15, 0.15], "split_seed": 0,
                                                       "data_root": "", "slices": {}}))
-    (data / "dataset.json").write_text(json.dumps({"source": "folder", "synthetic": False, "root": ""}))
+    (data / "dataset.json").write_text(json.dumps({"source": "folder", "synthetic": False, "root": "",
+                                                   "hu_calibration": {"scale": 1.0, "offset": 0.0}}))
     (data / "pairs.csv").write_text("name,image_path,mask_path\n")
     return output_dir
 

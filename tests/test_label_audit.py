@@ -108,7 +108,8 @@ def _outputs_of_01(real_data, real_names, output: Path) -> Path:
     pairs = find_pairs(real_data).set_index("name").loc[names].reset_index()
     (output / "data").mkdir(parents=True)
     pairs.to_csv(output / "data" / "pairs.csv", index=False)
-    (output / "data" / "dataset.json").write_text('{"source": "folder", "synthetic": false, "root": ""}')
+    (output / "data" / "dataset.json").write_text('{"source": "folder", "synthetic": false, "root": "", '
+                                                  '"hu_calibration": {"scale": 1.0, "offset": 0.0}}')
     audit_labels(pairs).to_csv(output / "data" / "label_audit.csv", index=False)
     return output
 
