@@ -200,6 +200,7 @@ def main(argv=None) -> int:
     parser.add_argument("--models-dir", default=str(REPO_ROOT / "models"), help="holds unet.keras, resunet.keras")
     parser.add_argument("--models-from-commit", metavar="COMMIT",
                         help="the committed models of an earlier commit of this repository (git show), instead")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="which (default: both)")
     parser.add_argument("--label", default="", help="results go to external-LABEL.json")
     parser.add_argument("--shared", default=str(SHARED), help="the shared data folder")
     args = parser.parse_args(argv)
@@ -209,7 +210,8 @@ def main(argv=None) -> int:
     suffix = f"-{args.label}" if args.label else ""
     command = "python benchmarks/external.py" + (f" --models-dir {args.models_dir}" if args.models_dir != str(
         REPO_ROOT / "models") else "") + (f" --models-from-commit {args.models_from_commit}" if args.models_from_commit
-                                          else "") + (f" --label {args.label}" if args.label else "")
+                                          else "") + (f" --models {' '.join(args.models)}" if args.models != list(MODELS)
+                                                      else "") + (f" --label {args.label}" if args.label else "")
     if args.models_from_commit:
         models_dir = Path(tempfile.mkdtemp(prefix="lungseg-models-"))
         for name in MODELS:
@@ -221,7 +223,7 @@ def main(argv=None) -> int:
                "date": time.strftime("%Y-%m-%d"), "device": lu.describe_device(), "versions": lu.library_versions(),
                "platform": platform.platform(), "targets": TARGETS, "volumes": {}, "lidc": {}, "models": {}}
     with tempfile.TemporaryDirectory() as work:
-        for name in MODELS:
+        for name in args.models:
             model, record = lu.load_trained_model(models_dir / f"{name}.keras")
             results["models"][name] = {"file": str(models_dir / f"{name}.keras"),
                                        "augmentation": record.get("augmentation"),

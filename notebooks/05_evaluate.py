@@ -778,7 +778,9 @@ def keep_lungs(mask: np.ndarray, scan: Scan, min_share: float = 0.1, gas_hu: flo
     regions, found = ndimage.label(mask)
     if not found:
         return mask.astype(np.uint8)
-    body = np.stack([ndimage.binary_fill_holes(hu > -500) for hu in scan.hu])
+    body = np.zeros(mask.shape, bool)
+    for k in np.flatnonzero(np.any(mask, axis=(1, 2))):  # the slices with lung found
+        body[k] = ndimage.binary_fill_holes(scan.hu[k] > -500)
     voxel_ml = np.broadcast_to((scan.slice_thickness_mm * np.prod(scan.pixel_spacing_mm) / 1000)[:, None, None],
                                mask.shape)
     index = np.arange(1, found + 1)
