@@ -785,16 +785,43 @@ def read_nifti(path) -> Scan:
         data = data[..., 0]
     if data.ndim != 3:
         raise LungsegError(f"{path}: a NIfTI of shape {data.shape}; a CT volume has three dimensions.")
+    axes = image.affine[:3, :3]
+    voxel_mm3 = abs(np.linalg.det(axes)) if np.all(np.isfinite(axes)) else 0.0
+    if voxel_mm3 < 1e-6:
+        raise LungsegError(f"{path}: its affine (voxel to world) is {'singular' if np.all(np.isfinite(axes)) else 'not finite'}"
+                           ", so its voxels have no size or place. Re-export it with its geometry (e.g. dcm2niix).")
     hu, zooms, orientation = _to_model_axes(data, image.affine)
     name = path.name[: -len(next(s for s in NIFTI_SUFFIXES if path.name.lower().endswith(s)))]
-    return Scan(name, "volume", hu, (float(zooms[1]), float(zooms[0])), np.full(hu.shape[0], float(zooms[2])),
-                image.affine, orientation, str(path))
+    notes = []
+    directions = axes / np.linalg.norm(axes, axis=0)
+    if np.abs(directions.T @ directions - np.eye(3)).max() > 1e-3:  # sheared, e.g. a gantry tilt kept in the affine
+        notes.append(f"{path}: its affine is sheared (a gantry tilt?): volumes use the true voxel volume, "
+                     f"{voxel_mm3:.3f} mm³.")
+    thickness = voxel_mm3 / (zooms[0] * zooms[1])  # along the slice normal, not the length of the third axis
+    return Scan(name, "volume", hu, (float(zooms[1]), float(zooms[0])), np.full(hu.shape[0], float(thickness)),
+                image.affine, orientation, str(path), notes)
 
 
 CT_IMAGE_STORAGE = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1")  # CT, enhanced CT
 
 
-def read_dicom_series(files, name: str) -> Scan:
+def dicom_pixel_spacing(header, source, pixel_spacing_mm: float | None = None, notes: list | None = None):
+    """(row, column) spacing in mm: PixelSpacing; else ImagerPixelSpacing (said); else ``pixel_spacing_mm``
+    (said); else None. A wrong pixel size would put every volume off by its square."""
+    for key in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = header.get(key)
+        if value and len(value) == 2 and all(float(v) > 0 for v in value):
+            if key != "PixelSpacing" and notes is not None:
+                notes.append(f"{source}: no PixelSpacing; its {key} ({float(value[0]):g} x {float(value[1]):g} mm) is used.")
+            return float(value[0]), float(value[1])
+    if pixel_spacing_mm:
+        if notes is not None:
+            notes.append(f"{source}: no PixelSpacing; --pixel-spacing {pixel_spacing_mm:g} mm is used.")
+        return float(pixel_spacing_mm), float(pixel_spacing_mm)
+    return None
+
+
+def read_dicom_series(files, name: str, pixel_spacing_mm: float | None = None) -> Scan:
     """One DICOM series as a volume in HU. ``files``: (path, header) pairs of one Series Instance UID.
     Localizers (scouts) are left out, slices ordered along the slice normal and spaced by their Image
     Position (Patient), RescaleSlope/Intercept applied. One slice left: a slice, not a volume."""
@@ -832,11 +859,13 @@ def read_dicom_series(files, name: str) -> Scan:
     slices = []
     for path, header in kept:
         slices.append(read_slice(path))  # stored values * RescaleSlope + RescaleIntercept: HU
-    spacing = [float(v) for v in kept[0][1].get("PixelSpacing") or [1.0, 1.0]]  # (between rows, between columns)
+    spacing = dicom_pixel_spacing(kept[0][1], kept[0][0], pixel_spacing_mm, notes)  # (between rows, between columns)
+    if spacing is None and len(kept) > 1:
+        raise LungsegError(f"{kept[0][0]}: no PixelSpacing (nor ImagerPixelSpacing), so the lungs cannot be measured "
+                           "in mL. Give the pixel size with --pixel-spacing MM, or export the series with its geometry.")
     if len(kept) == 1:
         notes.append(f"{kept[0][0]}: a series of one slice: segmented as a slice.")
-        return Scan(kept[0][0].name, "slice", slices[0][None], (spacing[0], spacing[1]), source=str(kept[0][0]),
-                    notes=notes)
+        return Scan(kept[0][0].name, "slice", slices[0][None], spacing, source=str(kept[0][0]), notes=notes)
     step = (origins[-1] - origins[0]) / (len(kept) - 1)
     lps = np.eye(4)
     lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row_direction * spacing[1], column_direction * spacing[0], step, origins[0]
@@ -862,15 +891,15 @@ def _refuse(message):
 def read_image_slice(path) -> Scan:
     """A TIFF, 16-bit PNG or single DICOM slice as a one-slice Scan (DICOM knows its pixel spacing)."""
     path = Path(path)
-    spacing = None
+    spacing, notes = None, []
     if is_dicom(path):
         import pydicom
 
-        spacing = tuple(float(v) for v in pydicom.dcmread(path, stop_before_pixels=True).get("PixelSpacing") or []) or None
-    return Scan(path.name, "slice", read_slice(path)[None], spacing, source=str(path))
+        spacing = dicom_pixel_spacing(pydicom.dcmread(path, stop_before_pixels=True), path, notes=notes)
+    return Scan(path.name, "slice", read_slice(path)[None], spacing, source=str(path), notes=notes)
 
 
-def find_scans(input_path, series: str | None = None) -> list:
+def find_scans(input_path, series: str | None = None, pixel_spacing_mm: float | None = None) -> list:
     """The scans in ``input_path`` (a slice, a NIfTI file, or a folder of DICOM files, slices or NIfTI
     files) as (source, read) pairs: ``read()`` returns a Scan or raises LungsegError naming the file."""
     import pydicom
@@ -912,7 +941,7 @@ def find_scans(input_path, series: str | None = None) -> list:
                   f"(--series {uid}) chooses it." for uid, files in dicoms.items() if uid != chosen]
 
         def read(files=dicoms[chosen]):
-            scan = read_dicom_series(files, name)
+            scan = read_dicom_series(files, name, pixel_spacing_mm)
             scan.notes += others
             return scan
         scans.append((path, read))
@@ -1029,6 +1058,9 @@ def mask_overlay(image01: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return rgb
 
 
+PRODUCED_BY = "lungseg_utils.predict_scans"  # the mark of lungseg's own measurements.json
+
+
 class _Outputs:
     """The files of one output folder: refuses to replace a file that an earlier run did not write."""
 
@@ -1039,9 +1071,18 @@ class _Outputs:
                                "one is created).")
         self.folder.mkdir(parents=True, exist_ok=True)
         self.record = self.folder / "measurements.json"
-        previous = json.loads(self.record.read_text()) if self.record.is_file() else {}
+        try:
+            previous = json.loads(self.record.read_text()) if self.record.is_file() else {}
+        except (ValueError, UnicodeDecodeError):
+            previous = {}
+        if not isinstance(previous, dict) or previous.get("produced_by") != PRODUCED_BY:
+            previous = {}  # a file of the same name that lungseg did not write: never ours to replace
         self.ours = set(previous.get("outputs", [])) | ({"measurements.json", "measurements.csv"} if previous else set())
         self.written = []
+        for name in ("measurements.json", "measurements.csv"):  # before anything is segmented
+            if (self.folder / name).exists() and name not in self.ours:
+                raise LungsegError(f"{self.folder / name} exists and lungseg did not write it: refusing to overwrite "
+                                   "it. Choose another OUTPUT_DIR, or move the file away.")
 
     def path(self, name: str) -> Path:
         target = self.folder / name
@@ -1086,7 +1127,7 @@ def predict_scans(model, settings: dict, input_path, output_dir, *, threshold: f
     inputs that could not be used, ``.attrs["segmented"]`` counts the scans of this call."""
     outputs = _Outputs(output_dir)
     rows, problems, names = [], [], set()
-    for source, read in find_scans(input_path, series):
+    for source, read in find_scans(input_path, series, pixel_spacing_mm):
         try:
             scan = read()
             for note in scan.notes:
@@ -1105,13 +1146,13 @@ def predict_scans(model, settings: dict, input_path, output_dir, *, threshold: f
     table = pd.DataFrame(rows)
     segmented = len(table)
     csv = outputs.path("measurements.csv")
-    if csv.is_file() and len(table):  # rows of earlier runs into this folder stay, unless segmented again
+    if csv.is_file():  # rows of earlier runs into this folder stay, unless segmented again
         earlier = pd.read_csv(csv)
-        table = pd.concat([earlier[~earlier.name.isin(table.name)], table], ignore_index=True)
+        table = pd.concat([earlier[~earlier.name.isin(table.name)], table], ignore_index=True) if len(table) else earlier
     table.to_csv(csv, index=False)
     record = outputs.path("measurements.json")
     write_json(record, {
-        "produced_by": "lungseg_utils.predict_scans", "model": model_name or model.name,
+        "produced_by": PRODUCED_BY, "model": model_name or model.name,
         "settings": {key: settings.get(key) for key in ("img_size", "hu_min", "hu_max", "epochs", "base_filters",
                                                           "best_val_dice", "model_file")},
         "threshold": threshold, "postprocess": postprocess, "labels": {"0": "background", "1": "right lung",

@@ -17,6 +17,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,8 @@ def main(argv=None) -> int:
                         help="keep the raw masks (no removal of small islands, no filling of small holes)")
     parser.add_argument("--series", help="the Series Instance UID to segment when a folder holds several")
     parser.add_argument("--pixel-spacing", type=float, metavar="MM",
-                        help="pixel size in mm for TIFF/PNG slices, which do not carry it (for area_mm2)")
+                        help="pixel size in mm for TIFF/PNG slices, which do not carry it (for area_mm2), and for "
+                             "DICOM without PixelSpacing or ImagerPixelSpacing")
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: 0.5)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -56,7 +58,7 @@ def main(argv=None) -> int:
         parser.error(f"--batch-size {args.batch_size}: give a positive number of slices")
     if not 0 < args.threshold < 1:
         parser.error(f"--threshold {args.threshold}: give a probability between 0 and 1")
-    if args.pixel_spacing is not None and args.pixel_spacing <= 0:
+    if args.pixel_spacing is not None and not 0 < args.pixel_spacing < math.inf:  # nan and inf too
         parser.error(f"--pixel-spacing {args.pixel_spacing}: give the pixel size in mm, a positive number")
 
     import lungseg_utils as lu

@@ -1,0 +1,130 @@
+"""Your own scans, nothing lost and nothing silently wrong: inputs the tests build from real slices
+that used to give a wrong result with exit 0, or lose a user's data (issue 'Your own scans')."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+
+import lungseg_utils as lu
+from lungseg.dicom import write_dicom_series
+from lungseg_utils import LungsegError
+
+from conftest import REPO_ROOT
+
+COMMITTED = REPO_ROOT / "models" / "resunet.keras"
+
+
+@pytest.fixture(scope="module")
+def committed():
+    return lu.load_trained_model(COMMITTED)
+
+
+@pytest.fixture(scope="module")
+def slices(real_data, real_names, committed):
+    calibration = committed[1]["hu_calibration"]
+    return [np.round(lu.to_standard_hu(lu.read_slice(real_data / "2d_images" / name), calibration)).astype(np.int16)
+            for name in real_names[:3]]
+
+
+def _predict(committed, source, output, **options):
+    lines = []
+    model, record = committed
+    table = lu.predict_scans(model, record, source, output, model_name="resunet", log=lines.append, **options)
+    return table, "\n".join(lines)
+
+
+def _series_without(slices, folder, *keys, **replace):
+    paths = write_dicom_series(slices, folder, pixel_spacing_mm=(0.7, 0.7), slice_spacing_mm=5.0)
+    for path in paths:
+        dataset = pydicom.dcmread(path)
+        for key in keys:
+            delattr(dataset, key)
+        for key, value in replace.items():
+            setattr(dataset, key, value)
+        dataset.save_as(path)
+    return folder
+
+
+def test_dicom_without_pixel_spacing_uses_imager_pixel_spacing_and_says_so(committed, slices, tmp_path):
+    reference, _ = _predict(committed, write_dicom_series(slices, tmp_path / "ok", pixel_spacing_mm=(0.7, 0.7),
+                                                          slice_spacing_mm=5.0)[0].parent, tmp_path / "out1")
+    folder = _series_without(slices, tmp_path / "imager", "PixelSpacing", ImagerPixelSpacing=[0.7, 0.7])
+    table, said = _predict(committed, folder, tmp_path / "out2")
+    assert "no PixelSpacing; its ImagerPixelSpacing (0.7 x 0.7 mm) is used" in said
+    assert table.lung_volume_ml[0] == pytest.approx(reference.lung_volume_ml[0])
+
+
+def test_dicom_without_any_pixel_spacing_stops_unless_it_is_given(committed, slices, tmp_path):
+    folder = _series_without(slices, tmp_path / "none", "PixelSpacing")
+    table, said = _predict(committed, folder, tmp_path / "out")
+    assert len(table) == 0 and "no PixelSpacing (nor ImagerPixelSpacing)" in table.attrs["problems"][0]
+    assert "--pixel-spacing" in table.attrs["problems"][0] and len(said.splitlines()) == 1
+    table, said = _predict(committed, folder, tmp_path / "out2", pixel_spacing_mm=0.7)
+    assert "--pixel-spacing 0.7 mm is used" in said
+    voxels = int((np.asarray(nib.load(tmp_path / "out2" / "none_mask.nii.gz").dataobj) > 0).sum())
+    assert table.lung_volume_ml[0] == pytest.approx(voxels * 0.7 * 0.7 * 5.0 / 1000)
+
+
+def test_a_nifti_with_a_zero_affine_is_one_problem_and_the_other_scans_get_their_rows(committed, slices, tmp_path):
+    volume = np.stack(slices, axis=-1).transpose(1, 0, 2)
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(volume, np.diag([-0.8, -0.8, 5.0, 1.0])), folder / "a_good.nii.gz")
+    broken = nib.Nifti1Image(volume, np.diag([-0.8, -0.8, 5.0, 1.0]))
+    broken.set_sform(np.zeros((4, 4)), code=1)
+    broken.set_qform(None, code=0)
+    nib.save(broken, folder / "b_zero.nii.gz")
+    assert not np.any(nib.load(folder / "b_zero.nii.gz").affine[:3, :3])
+    table, said = _predict(committed, folder, tmp_path / "out")
+    assert list(table.name) == ["a_good"]
+    assert len(table.attrs["problems"]) == 1 and "b_zero.nii.gz: its affine" in table.attrs["problems"][0]
+    assert pd.read_csv(tmp_path / "out" / "measurements.csv").name.tolist() == ["a_good"]
+
+
+def test_a_sheared_nifti_measures_its_true_voxel_volume(committed, slices, tmp_path):
+    volume = np.stack(slices, axis=-1).transpose(1, 0, 2)
+    straight = np.diag([-0.8, -0.8, 5.0, 1.0])
+    sheared = straight.copy()
+    sheared[1, 2] = 1.7  # a gantry tilt: each slice shifted along y; the third column is 5.28 mm long, |det| unchanged
+    nib.save(nib.Nifti1Image(volume, straight), tmp_path / "straight.nii.gz")
+    nib.save(nib.Nifti1Image(volume, sheared), tmp_path / "sheared.nii.gz")
+    table, said = _predict(committed, tmp_path, tmp_path / "out")
+    volumes = table.set_index("name").lung_volume_ml
+    assert volumes["sheared"] == pytest.approx(volumes["straight"], rel=1e-6) and volumes["straight"] > 0
+    assert "sheared.nii.gz: its affine is sheared" in said and "straight.nii.gz" not in said
+
+
+def test_a_run_where_every_input_fails_keeps_the_earlier_rows(committed, real_data, real_names, tmp_path):
+    output = tmp_path / "out"
+    _predict(committed, real_data / "2d_images" / real_names[0], output)
+    before = (output / "measurements.csv").read_text()
+    (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8\xff")
+    table, _ = _predict(committed, tmp_path / "photo.jpg", output)
+    assert table.attrs["segmented"] == 0 and len(table.attrs["problems"]) == 1
+    assert (output / "measurements.csv").read_text() == before
+    assert [row["name"] for row in json.loads((output / "measurements.json").read_text())["measurements"]] == [real_names[0]]
+
+
+@pytest.mark.parametrize("name", ["measurements.json", "measurements.csv"])
+def test_a_users_own_measurements_files_are_never_taken_for_lungsegs(committed, real_data, real_names, tmp_path, name):
+    output = tmp_path / "out"
+    output.mkdir()
+    mine = '{"outputs": ["measurements.csv", "measurements.json"], "my": "notes"}' if name.endswith("json") else "a,b\n1,2\n"
+    (output / name).write_text(mine)
+    with pytest.raises(LungsegError, match=f"{name} exists and lungseg did not write it"):
+        _predict(committed, real_data / "2d_images" / real_names[0], output)
+    assert (output / name).read_text() == mine
+    assert sorted(p.name for p in output.iterdir()) == [name]  # refused before anything was segmented
+
+
+def test_pixel_spacing_must_be_a_finite_positive_number(tmp_path):
+    import subprocess
+
+    for value in ("nan", "inf", "0"):
+        done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "predict.sh"), str(tmp_path), str(tmp_path / "o"),
+                               "--pixel-spacing", value], capture_output=True, text=True)
+        assert done.returncode == 2 and f"--pixel-spacing {float(value)}" in done.stderr
