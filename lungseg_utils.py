@@ -936,7 +936,7 @@ def find_scans(input_path, series: str | None = None, pixel_spacing_mm: float | 
     volumes = {uid: files for uid, files in dicoms.items() if len(files) > 1}
     if series is not None or volumes:
         chosen = series or max(volumes, key=lambda uid: len(volumes[uid]))
-        name = path.name if path.is_dir() else path.stem
+        name = (path.resolve().name if path.is_dir() else path.stem) or "scan"  # "." is named after its folder
         others = [f"{path}: also holds series {uid} ({len(files)} files), not segmented; series={uid!r} "
                   f"(--series {uid}) chooses it." for uid, files in dicoms.items() if uid != chosen]
 
@@ -1031,6 +1031,8 @@ def scan_measurements(scan: Scan, labels: np.ndarray, pixel_spacing_mm: float | 
     row = {"name": scan.name, "kind": scan.kind, "slices": len(scan.hu), "lung_pixels": int(lung.sum())}
     if scan.kind == "slice":
         row["area_mm2"] = lung.sum() * pixel_area
+        if not lung.any():
+            row["note"] = "no lung found: is this a chest CT slice in HU?"
     else:
         def millilitres(part):
             return float((part.sum(axis=(1, 2)) * scan.slice_thickness_mm).sum() * pixel_area / 1000)
@@ -1078,11 +1080,22 @@ class _Outputs:
         if not isinstance(previous, dict) or previous.get("produced_by") != PRODUCED_BY:
             previous = {}  # a file of the same name that lungseg did not write: never ours to replace
         self.ours = set(previous.get("outputs", [])) | ({"measurements.json", "measurements.csv"} if previous else set())
+        self.inputs = dict(previous.get("inputs", {}))  # each output name -> the input it was made from
         self.written = []
         for name in ("measurements.json", "measurements.csv"):  # before anything is segmented
             if (self.folder / name).exists() and name not in self.ours:
                 raise LungsegError(f"{self.folder / name} exists and lungseg did not write it: refusing to overwrite "
                                    "it. Choose another OUTPUT_DIR, or move the file away.")
+
+    def name_for(self, name: str, source) -> str:
+        """``name``, or name-2, name-3, ... when another input already has it: never another scan's results."""
+        source = str(Path(source).resolve())
+        unique, number = name, 1
+        while self.inputs.get(unique, source) != source:
+            number += 1
+            unique = f"{name}-{number}"
+        self.inputs[unique] = source
+        return unique
 
     def path(self, name: str) -> Path:
         target = self.folder / name
@@ -1126,18 +1139,21 @@ def predict_scans(model, settings: dict, input_path, output_dir, *, threshold: f
     measurements (with rows of earlier runs into the same folder); ``.attrs["problems"]`` lists the
     inputs that could not be used, ``.attrs["segmented"]`` counts the scans of this call."""
     outputs = _Outputs(output_dir)
-    rows, problems, names = [], [], set()
+    rows, problems = [], []
     for source, read in find_scans(input_path, series, pixel_spacing_mm):
         try:
             scan = read()
             for note in scan.notes:
                 log(note)
             labels = segment_scan(model, scan, settings, threshold, postprocess, batch_size, progress)
-            if scan.name in names:  # e.g. scan.nii and scan.nii.gz
-                scan.name = f"{scan.name}-{len(names)}"
-            names.add(scan.name)
+            lung_hu = scan.hu[labels > 0]
+            if lung_hu.size and not -1000 <= lung_hu.mean() <= -200:
+                raise LungsegError(f"{source}: the lung found has a mean of {lung_hu.mean():.0f} HU, which no lung has: "
+                                   "its values are not HU. Convert it to HU (a 16-bit PNG holds HU+1024; DICOM "
+                                   "needs its rescale slope and intercept).")
+            scan.name = outputs.name_for(scan.name, source)  # two patients' chest.nii.gz: chest, chest-2
             rows.append({**scan_measurements(scan, labels, pixel_spacing_mm),
-                         **write_scan_outputs(scan, labels, outputs), "input": str(source)})
+                         **write_scan_outputs(scan, labels, outputs), "input": str(Path(source).resolve())})
             if "note" in rows[-1]:
                 log(f"{source}: {rows[-1]['note']}")
         except LungsegError as error:
@@ -1158,6 +1174,6 @@ def predict_scans(model, settings: dict, input_path, output_dir, *, threshold: f
         "threshold": threshold, "postprocess": postprocess, "labels": {"0": "background", "1": "right lung",
                                                                         "2": "left lung (volumes)"},
         "measurements": table.to_dict(orient="records"), "problems": problems, "versions": library_versions(),
-        "outputs": sorted(outputs.ours | set(outputs.written))})
+        "outputs": sorted(outputs.ours | set(outputs.written)), "inputs": outputs.inputs})
     table.attrs.update(problems=problems, segmented=segmented)
     return table

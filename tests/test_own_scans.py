@@ -128,3 +128,32 @@ def test_pixel_spacing_must_be_a_finite_positive_number(tmp_path):
         done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "predict.sh"), str(tmp_path), str(tmp_path / "o"),
                                "--pixel-spacing", value], capture_output=True, text=True)
         assert done.returncode == 2 and f"--pixel-spacing {float(value)}" in done.stderr
+
+
+def test_two_scans_with_the_same_name_keep_both_results(committed, slices, tmp_path):
+    volume = np.stack(slices, axis=-1).transpose(1, 0, 2)
+    for patient, flip in (("patient1", False), ("patient2", True)):
+        (tmp_path / patient).mkdir()
+        nib.save(nib.Nifti1Image(volume[::-1] if flip else volume, np.diag([-0.8, -0.8, 5.0, 1.0])),
+                 tmp_path / patient / "chest.nii.gz")
+    output = tmp_path / "out"
+    _predict(committed, tmp_path / "patient1" / "chest.nii.gz", output)
+    first = (output / "chest_mask.nii.gz").read_bytes()
+    table, _ = _predict(committed, tmp_path / "patient2" / "chest.nii.gz", output)
+    assert sorted(table.name) == ["chest", "chest-2"] and (output / "chest_mask.nii.gz").read_bytes() == first
+    assert sorted(table.input) == [str((tmp_path / p / "chest.nii.gz").resolve()) for p in ("patient1", "patient2")]
+    table, _ = _predict(committed, tmp_path / "patient1" / "chest.nii.gz", output)  # the same input again: its own name
+    assert sorted(table.name) == ["chest", "chest-2"]
+
+
+def test_a_png_whose_values_are_not_hu_plus_1024_does_not_pass_silently(committed, slices, tmp_path):
+    import cv2
+
+    hu = slices[0]
+    cv2.imwrite(str(tmp_path / "bits.png"), hu.astype(np.int16).view(np.uint16))  # int16 bits stored as uint16
+    cv2.imwrite(str(tmp_path / "clipped.png"), np.clip(hu, 0, None).astype(np.uint16))  # HU clipped at 0, no offset
+    table, said = _predict(committed, tmp_path, tmp_path / "out")
+    assert len(table.attrs["problems"]) == 1 and "bits.png: the lung found has a mean of" in table.attrs["problems"][0]
+    assert "which no lung has: its values are not HU" in table.attrs["problems"][0]
+    assert list(table.name) == ["clipped.png"] and table.note[0] == "no lung found: is this a chest CT slice in HU?"
+    assert "clipped.png: no lung found" in said and not (tmp_path / "out" / "bits.png_mask.png").exists()
