@@ -106,7 +106,11 @@ def read_slice(path, *, png_hu_offset: int = PNG_HU_OFFSET) -> np.ndarray:
         if is_dicom(path):
             import pydicom
 
-            array = dicom_hu(pydicom.dcmread(path))
+            from lungseg.dicom import check_decodable  # a missing decoder: which compression, which package
+
+            dataset = pydicom.dcmread(path, force=True)  # force: files written without the 128-byte preamble
+            check_decodable(dataset, path)
+            array = dicom_hu(dataset)
         elif suffix == ".png":
             array = _read_with_opencv(path)
             if array.dtype == np.uint16:
@@ -133,14 +137,25 @@ def read_slice(path, *, png_hu_offset: int = PNG_HU_OFFSET) -> np.ndarray:
 
 
 def is_dicom(path) -> bool:
-    """A ``.dcm`` file, or any file with the DICOM preamble (files of a series often have no suffix)."""
+    """A ``.dcm`` file, a file with the DICOM preamble, or a file without a suffix that pydicom reads as an
+    image (files of a series often have no suffix, and some no preamble)."""
     path = Path(path)
     if path.suffix.lower() == ".dcm":
         return True
     try:
         with open(path, "rb") as handle:
-            return handle.read(132)[128:] == b"DICM"
+            if handle.read(132)[128:] == b"DICM":
+                return True
     except OSError:
+        return False
+    if path.suffix or path.name.upper() == "DICOMDIR":
+        return False
+    try:
+        import pydicom
+
+        header = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+        return "Rows" in header and "SOPClassUID" in header
+    except Exception:  # not DICOM: pydicom raises many kinds
         return False
 
 
@@ -793,6 +808,9 @@ def read_nifti(path) -> Scan:
     hu, zooms, orientation = _to_model_axes(data, image.affine)
     name = path.name[: -len(next(s for s in NIFTI_SUFFIXES if path.name.lower().endswith(s)))]
     notes = []
+    if not int(image.header["qform_code"]) and not int(image.header["sform_code"]):
+        notes.append(f"{path}: no qform or sform code, so its orientation is not known: right and left (labels 1 "
+                     "and 2) are a guess. Export it with its orientation (e.g. dcm2niix).")
     directions = axes / np.linalg.norm(axes, axis=0)
     if np.abs(directions.T @ directions - np.eye(3)).max() > 1e-3:  # sheared, e.g. a gantry tilt kept in the affine
         notes.append(f"{path}: its affine is sheared (a gantry tilt?): volumes use the true voxel volume, "
@@ -899,29 +917,40 @@ def read_image_slice(path) -> Scan:
     return Scan(path.name, "slice", read_slice(path)[None], spacing, source=str(path), notes=notes)
 
 
-def find_scans(input_path, series: str | None = None, pixel_spacing_mm: float | None = None) -> list:
-    """The scans in ``input_path`` (a slice, a NIfTI file, or a folder of DICOM files, slices or NIfTI
-    files) as (source, read) pairs: ``read()`` returns a Scan or raises LungsegError naming the file."""
+def find_scans(input_path, series: str | None = None, pixel_spacing_mm: float | None = None, exclude=()) -> list:
+    """The scans in ``input_path`` (a slice, a NIfTI file, or a folder, searched with its subfolders, of
+    DICOM files, slices or NIfTI files; a CD's DICOMDIR index and the files in ``exclude`` are passed
+    over) as (source, read) pairs: ``read()`` returns a Scan or raises LungsegError naming the file."""
     import pydicom
 
     path = Path(input_path).expanduser()
     if not path.exists():
         raise LungsegError(f"{path} does not exist. Give a CT slice, a NIfTI file, or a folder of DICOM files or slices.")
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    exclude = {Path(p).resolve() for p in exclude}
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        and p.resolve() not in exclude)
     scans, dicoms = [], {}
     for file in files:
         suffix = file.suffix.lower()
+        if file.name.upper() == "DICOMDIR":  # a CD's index of its files, not an image
+            continue
         if file.name.lower().endswith(NIFTI_SUFFIXES):
             scans.append((file, lambda file=file: read_nifti(file)))
         elif is_dicom(file):
             try:
-                header = pydicom.dcmread(file, stop_before_pixels=True)
+                header = pydicom.dcmread(file, stop_before_pixels=True, force=True)
             except Exception as error:
                 scans.append((file, _refuse(f"{file}: unreadable DICOM ({type(error).__name__}). Re-export it.")))
                 continue
             modality, sop_class = header.get("Modality"), str(header.get("SOPClassUID") or "")
             if (modality and modality != "CT") or (not modality and sop_class and sop_class not in CT_IMAGE_STORAGE):
                 scans.append((file, _refuse(f"{file}: a {modality or 'non-CT'} image, not CT: the models segment CT in HU.")))
+                continue
+            if int(header.get("NumberOfFrames") or 1) > 1:
+                scans.append((file, _refuse(f"{file}: an enhanced multi-frame CT ({header.NumberOfFrames} frames in one "
+                                            "file), which lungseg does not read: convert it to NIfTI (e.g. dcm2niix) "
+                                            "or to single-frame DICOM, and give that.")))
                 continue
             dicoms.setdefault(str(header.get("SeriesInstanceUID") or "unknown"), []).append((file, header))
         elif suffix in IMAGE_SUFFIXES:
@@ -946,7 +975,15 @@ def find_scans(input_path, series: str | None = None, pixel_spacing_mm: float | 
             return scan
         scans.append((path, read))
     else:  # single DICOM slices, each its own series
-        scans += [(file, lambda file=file: read_image_slice(file)) for files in dicoms.values() for file, _ in files]
+        singles = [file for files in dicoms.values() for file, _ in files]
+        note = (f"{path}: {len(singles)} DICOM files, each with its own Series Instance UID: segmented as separate "
+                "slices. If they are one scan, export them as one series (or as NIfTI).") if len(singles) > 2 else None
+
+        def read_single(file, first):
+            scan = read_image_slice(file)
+            scan.notes += [note] if note and first else []
+            return scan
+        scans += [(file, lambda file=file, first=(k == 0): read_single(file, first)) for k, file in enumerate(singles)]
     if not scans:
         raise LungsegError(f"{path}: holds no CT files (DICOM, NIfTI, TIFF or 16-bit PNG). Point INPUT at a DICOM "
                            "series folder, a NIfTI file, or a folder of slices.")
@@ -1060,53 +1097,7 @@ def mask_overlay(image01: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return rgb
 
 
-PRODUCED_BY = "lungseg_utils.predict_scans"  # the mark of lungseg's own measurements.json
-
-
-class _Outputs:
-    """The files of one output folder: refuses to replace a file that an earlier run did not write."""
-
-    def __init__(self, folder):
-        self.folder = Path(folder).expanduser()
-        if self.folder.exists() and not self.folder.is_dir():
-            raise LungsegError(f"OUTPUT_DIR {self.folder} is an existing file, not a folder. Give a folder (a new "
-                               "one is created).")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.record = self.folder / "measurements.json"
-        try:
-            previous = json.loads(self.record.read_text()) if self.record.is_file() else {}
-        except (ValueError, UnicodeDecodeError):
-            previous = {}
-        if not isinstance(previous, dict) or previous.get("produced_by") != PRODUCED_BY:
-            previous = {}  # a file of the same name that lungseg did not write: never ours to replace
-        self.ours = set(previous.get("outputs", [])) | ({"measurements.json", "measurements.csv"} if previous else set())
-        self.inputs = dict(previous.get("inputs", {}))  # each output name -> the input it was made from
-        self.written = []
-        for name in ("measurements.json", "measurements.csv"):  # before anything is segmented
-            if (self.folder / name).exists() and name not in self.ours:
-                raise LungsegError(f"{self.folder / name} exists and lungseg did not write it: refusing to overwrite "
-                                   "it. Choose another OUTPUT_DIR, or move the file away.")
-
-    def name_for(self, name: str, source) -> str:
-        """``name``, or name-2, name-3, ... when another input already has it: never another scan's results."""
-        source = str(Path(source).resolve())
-        unique, number = name, 1
-        while self.inputs.get(unique, source) != source:
-            number += 1
-            unique = f"{name}-{number}"
-        self.inputs[unique] = source
-        return unique
-
-    def path(self, name: str) -> Path:
-        target = self.folder / name
-        if target.exists() and name not in self.ours:
-            raise LungsegError(f"{target} exists and lungseg did not write it: refusing to overwrite it. Choose "
-                               "another OUTPUT_DIR, or move the file away.")
-        self.written.append(name)
-        return target
-
-
-def write_scan_outputs(scan: Scan, labels: np.ndarray, outputs: _Outputs) -> dict:
+def write_scan_outputs(scan: Scan, labels: np.ndarray, outputs) -> dict:
     """The mask file (NIfTI for a volume, PNG for a slice) and a preview PNG; returns their paths."""
     import cv2
 
@@ -1138,42 +1129,40 @@ def predict_scans(model, settings: dict, input_path, output_dir, *, threshold: f
     ``output_dir``, each scan's mask and preview and ``measurements.csv``/``.json``. Returns the
     measurements (with rows of earlier runs into the same folder); ``.attrs["problems"]`` lists the
     inputs that could not be used, ``.attrs["segmented"]`` counts the scans of this call."""
-    outputs = _Outputs(output_dir)
+    from lungseg.outputs import OutputFolder  # never replaces your files; records each scan as it is written
+
+    outputs = OutputFolder(output_dir)
+    record = {"model": model_name or model.name, "threshold": threshold, "postprocess": postprocess,
+              "settings": {key: settings.get(key) for key in ("img_size", "hu_min", "hu_max", "epochs", "base_filters",
+                                                                "best_val_dice", "model_file")},
+              "labels": {"0": "background", "1": "right lung", "2": "left lung (volumes)"},
+              "versions": library_versions()}
     rows, problems = [], []
-    for source, read in find_scans(input_path, series, pixel_spacing_mm):
-        try:
-            scan = read()
-            for note in scan.notes:
-                log(note)
-            labels = segment_scan(model, scan, settings, threshold, postprocess, batch_size, progress)
-            lung_hu = scan.hu[labels > 0]
-            if lung_hu.size and not -1000 <= lung_hu.mean() <= -200:
-                raise LungsegError(f"{source}: the lung found has a mean of {lung_hu.mean():.0f} HU, which no lung has: "
-                                   "its values are not HU. Convert it to HU (a 16-bit PNG holds HU+1024; DICOM "
-                                   "needs its rescale slope and intercept).")
-            scan.name = outputs.name_for(scan.name, source)  # two patients' chest.nii.gz: chest, chest-2
-            rows.append({**scan_measurements(scan, labels, pixel_spacing_mm),
-                         **write_scan_outputs(scan, labels, outputs), "input": str(Path(source).resolve())})
-            if "note" in rows[-1]:
-                log(f"{source}: {rows[-1]['note']}")
-        except LungsegError as error:
-            problems.append(str(error))
-            log(f"not segmented: {error}")
-    table = pd.DataFrame(rows)
-    segmented = len(table)
-    csv = outputs.path("measurements.csv")
-    if csv.is_file():  # rows of earlier runs into this folder stay, unless segmented again
-        earlier = pd.read_csv(csv)
-        table = pd.concat([earlier[~earlier.name.isin(table.name)], table], ignore_index=True) if len(table) else earlier
-    table.to_csv(csv, index=False)
-    record = outputs.path("measurements.json")
-    write_json(record, {
-        "produced_by": PRODUCED_BY, "model": model_name or model.name,
-        "settings": {key: settings.get(key) for key in ("img_size", "hu_min", "hu_max", "epochs", "base_filters",
-                                                          "best_val_dice", "model_file")},
-        "threshold": threshold, "postprocess": postprocess, "labels": {"0": "background", "1": "right lung",
-                                                                        "2": "left lung (volumes)"},
-        "measurements": table.to_dict(orient="records"), "problems": problems, "versions": library_versions(),
-        "outputs": sorted(outputs.ours | set(outputs.written)), "inputs": outputs.inputs})
+    try:
+        for source, read in find_scans(input_path, series, pixel_spacing_mm, exclude=outputs.own_files()):
+            try:
+                scan = read()
+                for note in scan.notes:
+                    log(" ".join(note.split()))
+                labels = segment_scan(model, scan, settings, threshold, postprocess, batch_size, progress)
+                lung_hu = scan.hu[labels > 0]
+                if lung_hu.size and not -1000 <= lung_hu.mean() <= -200:
+                    raise LungsegError(f"{source}: the lung found has a mean of {lung_hu.mean():.0f} HU, which no lung "
+                                       "has: its values are not HU. Convert it to HU (a 16-bit PNG holds HU+1024; "
+                                       "DICOM needs its rescale slope and intercept).")
+                scan.name = outputs.name_for(scan.name, source)  # two patients' chest.nii.gz: chest, chest-2
+                rows.append({**scan_measurements(scan, labels, pixel_spacing_mm),
+                             **write_scan_outputs(scan, labels, outputs), "input": str(Path(source).resolve())})
+                if "note" in rows[-1]:
+                    log(f"{source}: {rows[-1]['note']}")
+            except LungsegError as error:
+                problems.append(" ".join(str(error).split()))  # one line per input
+                log(f"not segmented: {problems[-1]}")
+            if rows:
+                outputs.save(rows, {**record, "problems": problems})  # each scan recorded as soon as it is done
+        table = outputs.save(rows, {**record, "problems": problems})
+    finally:
+        outputs.close()
+    segmented = len(rows)
     table.attrs.update(problems=problems, segmented=segmented)
     return table

@@ -1,5 +1,6 @@
-"""Writing CT slices in HU as a DICOM series, with pydicom: 05_evaluate's demonstration of the volume
-path, and the tests' series (rescale slope/intercept, shuffled file names, a localizer, uneven spacing)."""
+"""DICOM plumbing: whether a compressed file can be decoded here (and which package would), and
+writing CT slices in HU as a DICOM series with pydicom (05_evaluate's demonstration of the volume
+path, and the tests' series: rescale slope/intercept, shuffled file names, a localizer, uneven spacing)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,27 @@ from pathlib import Path
 import numpy as np
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def check_decodable(dataset, path) -> None:
+    """A compressed DICOM file whose decoder is missing raises LungsegError naming the compression
+    (transfer syntax) and the packages that decode it, instead of pydicom's multi-line error."""
+    from pydicom.pixels import get_decoder
+
+    from lungseg_utils import LungsegError
+
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or not syntax.is_compressed:
+        return
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        raise LungsegError(f"{path}: compressed as {syntax.name} ({syntax}), which pydicom cannot decode. Convert "
+                           "the series to uncompressed DICOM (e.g. gdcmconv --raw) or to NIfTI (dcm2niix).") from None
+    if not decoder.is_available:
+        needs = "; or ".join(decoder.missing_dependencies)
+        raise LungsegError(f"{path}: compressed as {syntax.name} ({syntax}); decoding it needs {needs}. Install one "
+                           "(pip install, into the environment lungseg runs in) and run again.")
 
 
 def write_dicom_series(slices_hu, folder, *, pixel_spacing_mm=(0.8, 0.8), positions_mm=None, slice_spacing_mm=5.0,

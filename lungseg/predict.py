@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("Interrupted (Ctrl-C): the scans finished so far have their files; measurements.csv was not updated.",
+        print("Interrupted (Ctrl-C): the scans finished so far have their files and their rows in measurements.csv.",
               file=sys.stderr)
         return 130
     problems = table.attrs["problems"]

@@ -184,7 +184,11 @@ def read_slice(path, *, png_hu_offset: int = PNG_HU_OFFSET) -> np.ndarray:
         if is_dicom(path):
             import pydicom
 
-            array = dicom_hu(pydicom.dcmread(path))
+            from lungseg.dicom import check_decodable  # a missing decoder: which compression, which package
+
+            dataset = pydicom.dcmread(path, force=True)  # force: files written without the 128-byte preamble
+            check_decodable(dataset, path)
+            array = dicom_hu(dataset)
         elif suffix == ".png":
             array = _read_with_opencv(path)
             if array.dtype == np.uint16:
@@ -211,14 +215,25 @@ def read_slice(path, *, png_hu_offset: int = PNG_HU_OFFSET) -> np.ndarray:
 
 
 def is_dicom(path) -> bool:
-    """A ``.dcm`` file, or any file with the DICOM preamble (files of a series often have no suffix)."""
+    """A ``.dcm`` file, a file with the DICOM preamble, or a file without a suffix that pydicom reads as an
+    image (files of a series often have no suffix, and some no preamble)."""
     path = Path(path)
     if path.suffix.lower() == ".dcm":
         return True
     try:
         with open(path, "rb") as handle:
-            return handle.read(132)[128:] == b"DICM"
+            if handle.read(132)[128:] == b"DICM":
+                return True
     except OSError:
+        return False
+    if path.suffix or path.name.upper() == "DICOMDIR":
+        return False
+    try:
+        import pydicom
+
+        header = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+        return "Rows" in header and "SOPClassUID" in header
+    except Exception:  # not DICOM: pydicom raises many kinds
         return False
 
 

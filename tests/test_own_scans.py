@@ -157,3 +157,140 @@ def test_a_png_whose_values_are_not_hu_plus_1024_does_not_pass_silently(committe
     assert "which no lung has: its values are not HU" in table.attrs["problems"][0]
     assert list(table.name) == ["clipped.png"] and table.note[0] == "no lung found: is this a chest CT slice in HU?"
     assert "clipped.png: no lung found" in said and not (tmp_path / "out" / "bits.png_mask.png").exists()
+
+
+# --------------------------------------------------------------------------- common cases, no longer refused without help
+def _one_file(slices, folder, name="IM0001", **dataset_changes):
+    path = write_dicom_series(slices[:1], folder, pixel_spacing_mm=(0.7, 0.7), file_names=[name])[0]
+    dataset = pydicom.dcmread(path)
+    for key, value in dataset_changes.items():
+        setattr(dataset, key, value)
+    dataset.save_as(path)
+    return path
+
+
+def test_jpeg_ls_and_jpeg_lossless_series_decode(committed, slices, tmp_path):
+    from pydicom.pixels.decoders import JPEGExtended12BitDecoder, JPEGLosslessSV1Decoder
+    from pydicom.uid import JPEGLSLossless
+
+    assert JPEGLosslessSV1Decoder.is_available and JPEGExtended12BitDecoder.is_available  # pylibjpeg-libjpeg
+    plain = write_dicom_series(slices, tmp_path / "plain", pixel_spacing_mm=(0.7, 0.7), slice_spacing_mm=5.0)
+    for path in write_dicom_series(slices, tmp_path / "jpegls", pixel_spacing_mm=(0.7, 0.7), slice_spacing_mm=5.0):
+        dataset = pydicom.dcmread(path)
+        dataset.compress(JPEGLSLossless)
+        dataset.save_as(path)
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == JPEGLSLossless
+    np.testing.assert_array_equal(lu.read_slice(path), lu.read_slice(plain[-1]))
+    table, said = _predict(committed, tmp_path / "jpegls", tmp_path / "out")
+    assert table.kind[0] == "volume" and table.lung_volume_ml[0] > 0 and not table.attrs["problems"]
+
+
+def test_a_compression_without_its_decoder_names_the_compression_and_the_package(slices, tmp_path):
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import HTJ2KLossless
+
+    if get_decoder(HTJ2KLossless).is_available:
+        pytest.skip("a High-Throughput JPEG 2000 decoder is installed here")
+    path = _one_file(slices, tmp_path)
+    dataset = pydicom.dcmread(path)
+    dataset.file_meta.TransferSyntaxUID = HTJ2KLossless
+    dataset.PixelData = pydicom.encaps.encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 64])
+    dataset.save_as(path, enforce_file_format=True)
+    with pytest.raises(LungsegError) as error:
+        lu.read_slice(path)
+    message = str(error.value)
+    assert "High-Throughput JPEG 2000" in message and "pylibjpeg-openjpeg" in message and "\n" not in message
+
+
+def test_a_multi_frame_ct_is_refused_plainly(committed, slices, tmp_path):
+    _one_file(slices, tmp_path / "mf", NumberOfFrames=3)
+    table, said = _predict(committed, tmp_path / "mf", tmp_path / "out")
+    assert len(table) == 0 and "an enhanced multi-frame CT (3 frames in one file)" in table.attrs["problems"][0]
+    assert "dcm2niix" in table.attrs["problems"][0]
+
+
+def test_a_cd_with_dicomdir_nested_folders_and_files_without_preamble(committed, slices, tmp_path):
+    cd = tmp_path / "CD"
+    paths = write_dicom_series(slices, cd / "PATIENT" / "STUDY" / "SERIES", pixel_spacing_mm=(0.7, 0.7),
+                               file_names=["IM1", "IM2", "IM3"])
+    for path in paths[1:]:  # written without the 128-byte preamble and DICM prefix
+        dataset = pydicom.dcmread(path)
+        dataset.preamble = None
+        dataset.save_as(path, enforce_file_format=False)
+        assert path.read_bytes()[128:132] != b"DICM"
+    (cd / "DICOMDIR").write_bytes(b"\x00" * 128 + b"DICM" + b"\x00" * 64)  # the CD's index: passed over
+    table, said = _predict(committed, cd, tmp_path / "out")
+    assert list(table.kind) == ["volume"] and table.slices[0] == 3 and not table.attrs["problems"]
+
+
+def test_files_that_each_carry_their_own_series_uid_are_said(committed, slices, tmp_path):
+    for k in range(3):
+        write_dicom_series(slices[k:k + 1], tmp_path / "own", positions_mm=[5.0 * k], file_names=[f"IM{k}"])
+    table, said = _predict(committed, tmp_path / "own", tmp_path / "out")
+    assert list(table.kind) == ["slice"] * 3
+    assert said.count("3 DICOM files, each with its own Series Instance UID: segmented as separate slices") == 1
+
+
+def test_a_nifti_without_orientation_codes_says_right_and_left_are_a_guess(committed, slices, tmp_path):
+    image = nib.Nifti1Image(np.stack(slices, axis=-1).transpose(1, 0, 2), np.diag([-0.8, -0.8, 5.0, 1.0]))
+    image.set_sform(None, code=0)
+    image.set_qform(None, code=0)
+    nib.save(image, tmp_path / "bare.nii")
+    table, said = _predict(committed, tmp_path / "bare.nii", tmp_path / "out")
+    assert len(table) == 1 and "no qform or sform code" in said and "right and left (labels 1 and 2) are a guess" in said
+
+
+def test_segmenting_a_folder_into_itself_twice_never_takes_the_outputs_for_inputs(committed, slices, tmp_path):
+    folder = tmp_path / "D"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(np.stack(slices, axis=-1).transpose(1, 0, 2), np.diag([-0.8, -0.8, 5.0, 1.0])),
+             folder / "chest.nii.gz")
+    first, _ = _predict(committed, folder, folder)
+    second, said = _predict(committed, folder, folder)
+    assert list(second.name) == ["chest"] and not second.attrs["problems"] and second.attrs["segmented"] == 1
+
+
+def test_a_second_run_into_the_same_folder_at_once_is_refused(committed, real_data, real_names, tmp_path):
+    from lungseg.outputs import OutputFolder
+
+    busy = OutputFolder(tmp_path / "out")  # a run in progress holds the folder
+    try:
+        with pytest.raises(LungsegError, match="another lungseg run is writing into"):
+            _predict(committed, real_data / "2d_images" / real_names[0], tmp_path / "out")
+    finally:
+        busy.close()
+    assert len(_predict(committed, real_data / "2d_images" / real_names[0], tmp_path / "out")[0]) == 1
+
+
+def test_an_interrupted_run_keeps_the_rows_of_the_scans_it_finished(committed, real_data, real_names, tmp_path):
+    model, record = committed
+
+    class InterruptedLater:  # Ctrl-C while the second slice is segmented
+        name, calls = "resunet", 0
+
+        def predict(self, *args, **kwargs):
+            self.calls += 1
+            if self.calls > 1:
+                raise KeyboardInterrupt
+            return model.predict(*args, **kwargs)
+
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for name in real_names[:2]:
+        (folder / name).write_bytes((real_data / "2d_images" / name).read_bytes())
+    with pytest.raises(KeyboardInterrupt):
+        lu.predict_scans(InterruptedLater(), record, folder, tmp_path / "out", log=lambda line: None)
+    assert pd.read_csv(tmp_path / "out" / "measurements.csv").name.tolist() == [real_names[0]]
+    saved = json.loads((tmp_path / "out" / "measurements.json").read_text())
+    assert f"{real_names[0]}_mask.png" in saved["outputs"]
+    table, _ = _predict(committed, folder, tmp_path / "out")  # the re-run is not refused
+    assert sorted(table.name) == sorted(real_names[:2]) and not table.attrs["problems"]
+
+
+def test_a_damaged_measurements_csv_is_refused_before_segmenting(committed, real_data, real_names, tmp_path):
+    output = tmp_path / "out"
+    _predict(committed, real_data / "2d_images" / real_names[0], output)
+    (output / "measurements.csv").write_bytes(b"\xff\xfe\x00broken")
+    with pytest.raises(LungsegError, match="measurements.csv is damaged"):
+        _predict(committed, real_data / "2d_images" / real_names[1], output)
+    assert not (output / f"{real_names[1]}_mask.png").exists()
