@@ -1015,23 +1015,22 @@ def split_lungs(mask: np.ndarray) -> np.ndarray:
 
 def keep_lungs(mask: np.ndarray, scan: Scan, min_share: float = 0.1, gas_hu: float = -970.0) -> np.ndarray:
     """The connected regions of a volume's mask[slice, row, column] that can be lung: mostly inside the
-    body (each slice's outline of tissue above -500 HU, holes filled), with a median above ``gas_hu``
-    (not pure gas) and at least ``min_share`` of the largest such region's volume."""
+    body (each slice's outline of tissue above -500 HU, holes filled), not pure gas (less than half of
+    the region at or below ``gas_hu``: its median lies above) and at least ``min_share`` of the largest
+    such region's volume. Counted slice by slice, so a large scan needs little memory beyond its labels."""
     regions, found = ndimage.label(mask)
     if not found:
         return mask.astype(np.uint8)
-    body = np.zeros(mask.shape, bool)
+    volume, inside, gas = np.zeros(found + 1), np.zeros(found + 1), np.zeros(found + 1)  # mL per region
+    voxel_ml = scan.slice_thickness_mm * np.prod(scan.pixel_spacing_mm) / 1000
     for k in np.flatnonzero(np.any(mask, axis=(1, 2))):  # the slices with lung found
-        body[k] = ndimage.binary_fill_holes(scan.hu[k] > -500)
-    voxel_ml = np.broadcast_to((scan.slice_thickness_mm * np.prod(scan.pixel_spacing_mm) / 1000)[:, None, None],
-                               mask.shape)
-    index = np.arange(1, found + 1)
-    volume = ndimage.sum_labels(voxel_ml, regions, index)
-    inside = ndimage.mean(body, regions, index)
-    median_hu = ndimage.median(scan.hu, regions, index)
-    lung_like = (inside >= 0.5) & (median_hu > gas_hu)
-    largest = volume[lung_like].max(initial=0)
-    keep = np.concatenate([[False], lung_like & (volume >= min_share * largest)])
+        labels = regions[k]
+        volume += np.bincount(labels.ravel(), minlength=found + 1) * voxel_ml[k]
+        inside += np.bincount(labels[ndimage.binary_fill_holes(scan.hu[k] > -500)], minlength=found + 1) * voxel_ml[k]
+        gas += np.bincount(labels[scan.hu[k] <= gas_hu], minlength=found + 1) * voxel_ml[k]
+    lung_like = (inside >= 0.5 * volume) & (gas < 0.5 * volume)
+    lung_like[0] = False  # label 0 is the background
+    keep = lung_like & (volume >= min_share * volume[lung_like].max(initial=0))
     return keep[regions].astype(np.uint8)
 
 
