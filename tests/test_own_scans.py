@@ -294,3 +294,25 @@ def test_a_damaged_measurements_csv_is_refused_before_segmenting(committed, real
     with pytest.raises(LungsegError, match="measurements.csv is damaged"):
         _predict(committed, real_data / "2d_images" / real_names[1], output)
     assert not (output / f"{real_names[1]}_mask.png").exists()
+
+
+def test_the_current_folder_is_named_after_itself(committed, slices, tmp_path, monkeypatch):
+    folder = tmp_path / "patient7"
+    write_dicom_series(slices, folder, pixel_spacing_mm=(0.7, 0.7))
+    monkeypatch.chdir(folder)
+    table, _ = _predict(committed, ".", tmp_path / "out")
+    assert list(table.name) == ["patient7"] and (tmp_path / "out" / "patient7_mask.nii.gz").is_file()
+    assert table.input[0] == str(folder.resolve())
+
+
+def test_an_output_folder_that_cannot_be_written_stops_before_segmenting(committed, real_data, real_names, tmp_path,
+                                                                         monkeypatch):
+    import os
+
+    output = tmp_path / "readonly"
+    output.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(output) else real_access(path, mode))
+    with pytest.raises(LungsegError, match="readonly is not writable") as error:  # root may write anywhere: as a user
+        _predict(committed, real_data / "2d_images" / real_names[0], output)
+    assert "\n" not in str(error.value) and list(output.iterdir()) == []
