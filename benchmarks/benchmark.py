@@ -29,6 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from lungseg import runner  # noqa: E402
+from lungseg.portable import make_portable  # noqa: E402
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 from render_results import _portable, aggregate, update_readme  # noqa: E402
@@ -80,11 +81,11 @@ def commit_models(output_dir: Path, data_dir: str) -> None:
         slim.set_weights(model.get_weights())
         slim.compile(loss=lu.bce_dice_loss, metrics=[lu.dice_coef, lu.iou_coef])
         slim.save(MODELS_DIR / f"{name}.keras")
+        make_portable(MODELS_DIR / f"{name}.keras")  # loads on Keras 3.8 and newer too (Colab brings its own)
         native = summary[(summary.model == name) & (summary.resolution == "native") & ~summary.postprocessed]
         record.update(model_file=f"models/{name}.keras", data_root=_portable(str(Path(data_dir).resolve())),
                       test_slices=evaluation["test_names"], test_dice_native=float(native.dice_mean.iloc[0]),
-                      produced_by="python benchmarks/benchmark.py --data-dir ../shared/data/finding-lungs-in-ct-data "
-                                  "--seeds 0 1 2 --publish (its seed 0)")
+                      produced_by=_portable(" ".join(["python benchmarks/benchmark.py", *sys.argv[1:]])) + " (its seed 0)")
         lu.write_json(MODELS_DIR / f"{name}.json", record)
         shutil.copy(output_dir / "models" / f"{name}_history.csv", MODELS_DIR / f"{name}_history.csv")
     print("committed models written to", MODELS_DIR)

@@ -101,6 +101,12 @@ def load_trained_model(path):
     try:
         model = keras.saving.load_model(path, compile=False)  # for inference and scoring: no optimizer state
     except Exception as error:  # Keras reports a truncated zip as "file not found", among others
+        from lungseg.portable import saved_by  # the Keras version that wrote the file, if it says
+
+        if saved_by(path) and saved_by(path) != keras.__version__:
+            raise LungsegError(f"{path}: saved by Keras {saved_by(path)}, which this Keras {keras.__version__} cannot "
+                               f"read ({type(error).__name__}). Upgrade Keras (pip install -U keras), or use the "
+                               "repository's committed models, which load on Keras 3.8 and newer.") from None
         raise LungsegError(f"{path}: cannot be loaded as a Keras model ({type(error).__name__}); the file may be "
                            "truncated or damaged (an interrupted copy or download). Train again (03/04), or copy "
                            "it again with its .json from the repository's models/.") from None
