@@ -168,3 +168,15 @@ def test_predict_masks_takes_the_documented_forms_and_refuses_others(trained_une
     assert predict_masks(model, image, settings).shape == image.shape  # one slice in, one mask out
     with pytest.raises(LungsegError, match=r"slice 0 has shape \(512, 3\): give 2-D slices in HU with one channel"):
         predict_masks(model, np.repeat(image[..., None], 3, axis=-1), settings)  # an RGB-like (H, W, 3) array
+
+
+def test_05_refuses_to_score_real_ct_models_on_phantoms(tmp_path):
+    """No data and the committed models: phantoms are no test of models that learnt real CT."""
+    from notebook_code import run_cells
+
+    output = tmp_path / "out"
+    run_cells("01_download", {"DATA_SOURCE": "synthetic", "OUTPUT_DIR": str(output), "SYNTHETIC_COUNT": 12})
+    run_cells("02_preprocess", {"OUTPUT_DIR": str(output), "IMG_SIZE": 32})
+    with pytest.raises(LungsegError, match="SYNTHETIC phantoms, and unet, resunet in .*models learnt real CT"):
+        run_cells("05_evaluate", {"OUTPUT_DIR": str(output)})
+    assert not (output / "evaluation").exists()
