@@ -234,6 +234,27 @@ def install_archive(archive: str | Path, target: str | Path) -> Path:
     return target
 
 
+def download_with_kagglehub(target: str | Path, dataset: str = KAGGLE_DATASET) -> Path:
+    """Download the dataset with ``kagglehub``, Kaggle's own client, and install it into ``target``.
+
+    A public dataset needs no account: kagglehub's documentation says authentication is only needed
+    for private resources or ones that require consent (it also reads KAGGLE_USERNAME/KAGGLE_KEY, a
+    kaggle.json or Colab secrets when there are any). It downloads into its own cache
+    (``~/.cache/kagglehub``); from there the data are copied into ``target`` as from an archive folder."""
+    try:
+        import kagglehub
+    except ImportError:
+        raise LungsegError("kagglehub is not installed: pip install kagglehub (or pip install -r requirements.txt).") from None
+    print(f"Downloading {dataset} from kaggle.com with kagglehub (no account needed) ...", flush=True)
+    try:
+        folder = kagglehub.dataset_download(dataset)
+    except Exception as error:  # no network, Kaggle down, a proxy: kagglehub raises many kinds
+        first_line = (str(error).splitlines() or [""])[0][:200]
+        raise LungsegError(f"kagglehub could not download {dataset} ({type(error).__name__}: {first_line}). "
+                           "Check the network, or download it by hand and give DATA_DIR or ARCHIVE.") from None
+    return install_archive(folder, target)
+
+
 def download_from_kaggle(target: str | Path, dataset: str = KAGGLE_DATASET) -> Path:  # pragma: no cover
     """Download the dataset with the official ``kaggle`` package and install it into ``target``.
 
@@ -266,7 +287,7 @@ def download_from_kaggle(target: str | Path, dataset: str = KAGGLE_DATASET) -> P
 
 
 # --------------------------------------------------------------------------- choosing a source
-DATA_SOURCES = ("auto", "kaggle", "folder", "archive", "synthetic")
+DATA_SOURCES = ("auto", "kagglehub", "kaggle", "folder", "archive", "synthetic")
 
 
 def get_dataset(source: str, data_dir: str | Path, output_dir: str | Path, archive: str | Path | None = None,
@@ -275,9 +296,11 @@ def get_dataset(source: str, data_dir: str | Path, output_dir: str | Path, archi
 
     - ``folder``: use ``data_dir`` as it is (Kaggle or Train/Test layout).
     - ``archive``: extract ``archive`` into ``data_dir`` (skipped if ``data_dir`` already holds data).
-    - ``kaggle``: download into ``data_dir`` (skipped if ``data_dir`` already holds data).
+    - ``kagglehub``: download with kagglehub, no account needed (skipped if ``data_dir`` already holds data).
+    - ``kaggle``: download with the kaggle package and a token (skipped if ``data_dir`` already holds data).
     - ``synthetic``: write phantoms into ``output_dir/synthetic_data``.
-    - ``auto``: ``data_dir`` if it exists and is not empty, else Kaggle if credentials exist, else synthetic.
+    - ``auto``: ``data_dir`` if it exists and is not empty, else kagglehub, else the kaggle package if
+      credentials exist, else synthetic phantoms (said loudly; every later notebook labels them).
       When the user ``named`` ``data_dir`` (DATA_DIR or $LUNGSEG_DATA_DIR), it must hold the data: a
       misspelt path stops here instead of quietly falling back to synthetic phantoms.
     """
@@ -294,20 +317,30 @@ def get_dataset(source: str, data_dir: str | Path, output_dir: str | Path, archi
                 f"The data folder you named, {data_dir.resolve()}, {state}. Fix DATA_DIR / $LUNGSEG_DATA_DIR "
                 "(a relative path is taken from the folder you ran the command in), or leave both empty to "
                 "download from Kaggle, or set DATA_SOURCE='synthetic' for phantoms.")
-        elif find_kaggle_credentials() is not None:
-            source = "kaggle"
         else:
-            print(f"No data in {data_dir} and no Kaggle credentials: using SYNTHETIC phantoms.")
-            source = "synthetic"
+            try:
+                download_with_kagglehub(data_dir)
+                source = "kagglehub"
+            except LungsegError as error:
+                print(f"No data in {data_dir}; {error}")
+                if find_kaggle_credentials() is not None:
+                    source = "kaggle"
+                else:
+                    print("No Kaggle credentials either: using SYNTHETIC phantoms, NOT real CT. Every notebook and "
+                          "figure will say so. For the real slices, run 01 where kaggle.com can be reached, or give "
+                          "DATA_DIR / ARCHIVE.")
+                    source = "synthetic"
     if source == "synthetic":
         root = write_synthetic_dataset(Path(output_dir) / "synthetic_data", synthetic_count, seed)
         return {"source": "synthetic", "synthetic": True, "root": str(root.resolve())}
-    if source in ("kaggle", "archive") and already_there:
+    if source in ("kagglehub", "kaggle", "archive") and already_there:
         print(f"{data_dir} already holds the data: nothing to download or extract.")
     elif source == "archive":
         if not archive:
             raise LungsegError("DATA_SOURCE='archive' needs ARCHIVE, the path of the downloaded zip.")
         install_archive(archive, data_dir)
+    elif source == "kagglehub" and not _holds_pairs(data_dir):
+        download_with_kagglehub(data_dir)
     elif source == "kaggle":
         if find_kaggle_credentials() is None and in_colab:
             ask_for_kaggle_json_in_colab()

@@ -27,11 +27,16 @@
 #
 # | `DATA_SOURCE` | what it does |
 # |---|---|
-# | `"auto"` (default) | `DATA_DIR` if it holds data; else Kaggle if you have credentials; else synthetic phantoms |
+# | `"auto"` (default) | `DATA_DIR` if it holds data; else `kagglehub`; else the `kaggle` package if you have a token; else synthetic phantoms |
+# | `"kagglehub"` | downloads with `kagglehub`, Kaggle's own client: **no account needed** for this public dataset (into its cache, then copied into `DATA_DIR`) |
 # | `"kaggle"` | downloads with the official `kaggle` package (credentials: `KAGGLE_USERNAME`/`KAGGLE_KEY`, `~/.kaggle/kaggle.json`, or an upload in Colab) |
 # | `"folder"` | uses `DATA_DIR` as it is: `2d_images/` + `2d_masks/`, or `Train/Images`, `Train/Masks`, `Test/Images`, `Test/Masks` |
 # | `"archive"` | extracts `ARCHIVE` (the Kaggle zip, or a folder with `2d_images.zip` and `2d_masks.zip`) into `DATA_DIR` |
 # | `"synthetic"` | writes CT-like phantoms: **not real CT**, only so that the pipeline runs anywhere; labelled as such everywhere |
+#
+# What comes down: Kaggle's copy of the dataset from kaggle.com. Its 267 2D slices and masks take about
+# 175 MB (217 of them are 141 MB); the download also holds the dataset's 3D volumes, which lungseg
+# does not use.
 #
 # **Cells marked `#@save`** hold code that later notebooks use too. They are copied, unchanged, into
 # `lungseg_utils.py`, which the other notebooks import as `lu` (run `python -m lungseg.build_utils`

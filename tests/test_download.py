@@ -238,3 +238,52 @@ def test_archive_source_installs_once(tmp_path, small_kaggle_folder):
     assert first == second and len(find_pairs(second["root"])) == 6
     with pytest.raises(LungsegError, match="needs ARCHIVE"):
         get_dataset("archive", tmp_path / "elsewhere", tmp_path / "out")
+
+
+# --------------------------------------------------------------------------- kagglehub (no account), stood in for
+def _kagglehub_cache(tmp_path, small_kaggle_folder) -> Path:
+    """What kagglehub.dataset_download returns: a folder in its cache holding the dataset's files, extracted."""
+    cache = tmp_path / "kagglehub-cache" / "datasets" / "kmader" / "finding-lungs-in-ct-data" / "versions" / "2"
+    cache.mkdir(parents=True)
+    _zip_folder(cache / "2d_images.zip", small_kaggle_folder / "2d_images", "2d_images/")
+    _zip_folder(cache / "2d_masks.zip", small_kaggle_folder / "2d_masks")
+    (cache / "lung_stats.csv").write_bytes((small_kaggle_folder / "lung_stats.csv").read_bytes())
+    return cache
+
+
+def test_auto_downloads_with_kagglehub_without_an_account(tmp_path, small_kaggle_folder, monkeypatch, capsys):
+    import kagglehub
+
+    cache = _kagglehub_cache(tmp_path, small_kaggle_folder)
+    asked = []
+    monkeypatch.setattr(kagglehub, "dataset_download", lambda handle, *a, **k: asked.append(handle) or str(cache))
+    monkeypatch.setattr(download, "find_kaggle_credentials", lambda: None)  # no token anywhere
+    record = get_dataset("auto", tmp_path / "data", tmp_path / "out")
+    assert asked == ["kmader/finding-lungs-in-ct-data"]
+    assert record == {"source": "kagglehub", "synthetic": False, "root": str((tmp_path / "data").resolve())}
+    assert len(find_pairs(tmp_path / "data")) == 6 and "no account needed" in capsys.readouterr().out
+    assert sorted(p.name for p in cache.iterdir()) == ["2d_images.zip", "2d_masks.zip", "lung_stats.csv"]  # cache kept
+    monkeypatch.setattr(kagglehub, "dataset_download", lambda *a, **k: pytest.fail("downloaded again"))
+    assert get_dataset("kagglehub", tmp_path / "data", tmp_path / "out")["root"] == record["root"]
+
+
+def test_without_network_auto_tries_the_token_then_says_phantoms(tmp_path, monkeypatch, capsys):
+    import kagglehub
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Failed to resolve 'api.kaggle.com'\nmore lines")
+
+    monkeypatch.setattr(kagglehub, "dataset_download", offline)
+    monkeypatch.setattr(download, "find_kaggle_credentials", lambda: "~/.kaggle/kaggle.json")
+    def kaggle_offline_too(target):  # with a token, the kaggle package is tried second
+        raise LungsegError("kaggle: offline too")
+
+    monkeypatch.setattr(download, "download_from_kaggle", kaggle_offline_too)
+    with pytest.raises(LungsegError, match="kaggle: offline too"):
+        get_dataset("auto", tmp_path / "data", tmp_path / "out")
+    monkeypatch.setattr(download, "find_kaggle_credentials", lambda: None)
+    record = get_dataset("auto", tmp_path / "data2", tmp_path / "out", synthetic_count=3)
+    said = capsys.readouterr().out
+    assert record["synthetic"] is True
+    assert "kagglehub could not download kmader/finding-lungs-in-ct-data (ConnectionError: Failed to resolve" in said
+    assert "SYNTHETIC phantoms, NOT real CT" in said and "more lines" not in said
