@@ -182,6 +182,20 @@ def run_pipeline(parameters: dict, output_dir: str = "outputs", only=None, prepa
     return written
 
 
+def describe_runtime() -> str:
+    """One line for a notebook's first cell: GPU or CPU; on a CPU, what training costs and how Colab gives a GPU."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi"):
+        found = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                               text=True).stdout.split("\n")[0].strip()
+        if found:
+            return f"Runtime: GPU ({found})."
+    return ("Runtime: CPU. At the defaults, training took about 3 minutes for the U-Net (03) and 4 for the Residual "
+            "U-Net (04) on 2 CPU cores; in Colab, Runtime > Change runtime type > a GPU makes it faster.")
+
+
 def ensure_inputs(notebook: str, output_dir: str = "outputs", img_size: int | None = None) -> None:
     """Run the notebooks that make ``notebook``'s inputs when they are missing, saying so in one line,
     so that every notebook also runs alone (in Colab, each on a fresh machine).
@@ -201,11 +215,12 @@ def ensure_inputs(notebook: str, output_dir: str = "outputs", img_size: int | No
         names = " and ".join(source.stem for source in notebook_sources(needed))
         print(f"{data} lacks the inputs of {notebook}: running {names} first, with their defaults"
               + (f" and IMG_SIZE={img_size}" if img_size and "02" in needed else "") + ".", flush=True)
-        run_pipeline({"IMG_SIZE": img_size} if img_size else {}, output_dir, only=needed, log=lambda *a, **k: None)
+        run_pipeline({"IMG_SIZE": img_size} if img_size else {}, output_dir, only=needed,
+                     log=lambda *args, **kwargs: print(*args, **{**kwargs, "flush": True}))  # their progress, as it comes
         if json.loads((data / "dataset.json").read_text()).get("synthetic"):
-            print("NOTE: 01 found no real data (no DATA_DIR, $LUNGSEG_DATA_DIR or Kaggle credentials), so this run "
-                  "uses SYNTHETIC phantoms, not real CT. Set LUNGSEG_DATA_DIR, or run 01 with DATA_SOURCE='kaggle'.",
-                  flush=True)
+            print("NOTE: 01 found no real data (no DATA_DIR or $LUNGSEG_DATA_DIR, and neither kagglehub nor Kaggle "
+                  "credentials could download it), so this run uses SYNTHETIC phantoms, not real CT. Set "
+                  "LUNGSEG_DATA_DIR, or run 01 where kaggle.com can be reached.", flush=True)
 
 
 def publish(executed: list[Path]) -> None:
