@@ -39,6 +39,15 @@ def real_names(real_data) -> list[str]:
     return sorted(p.name for p in (real_data / "2d_images").glob("*.tif"))
 
 
+SHARED_PAIRS = 217  # the shared folder holds 217 of the 267 Kaggle pairs; the tests count what is there
+
+
+def split_sizes(n: int, fractions=(0.7, 0.15, 0.15)) -> dict:
+    """The train/val/test sizes 02's split_slices gives n slices (validation and test rounded)."""
+    val, test = round(fractions[1] * n), round(fractions[2] * n)
+    return {"train": n - val - test, "val": val, "test": test}
+
+
 @pytest.fixture
 def small_kaggle_folder(tmp_path, real_data, real_names) -> Path:
     """A copy of 6 real pairs in the Kaggle layout, with the matching rows of lung_stats.csv."""
@@ -56,7 +65,7 @@ def small_kaggle_folder(tmp_path, real_data, real_names) -> Path:
 
 @pytest.fixture(scope="session")
 def real_arrays(real_data) -> dict:
-    """All 217 real pairs at 64 px, split as 02_preprocess splits them (seed 0), plus the split's names."""
+    """All the real pairs at 64 px, split as 02_preprocess splits them (seed 0), plus the split's names."""
     import numpy as np
 
     import lungseg_utils as lu

@@ -69,14 +69,16 @@ def test_lung_touching_the_border_and_no_lung(slice_and_mask):
     assert audit_mask(image, np.zeros_like(mask)) == ["no lung marked"]
 
 
-def test_the_shared_masks_flagged_are_the_wrong_ones(real_data):
+def test_the_shared_masks_flagged_are_the_wrong_ones(real_data, real_names):
     """Of the 217 shared masks, three are flagged, and each is wrong (see 01's figure): two also
-    cover the air around the body, one has only the left lung. No other mask is flagged."""
+    cover the air around the body, one has only the left lung. No other mask is flagged. (The full
+    Kaggle set holds these three too, and may hold more.)"""
     audit = audit_labels(find_pairs(real_data))
-    assert len(audit) == 217
+    assert len(audit) == len(real_names)
     flagged = audit[audit.flagged].set_index("name").reasons.to_dict()
     flagged = {Path(name).stem: reason for name, reason in flagged.items()}
-    assert sorted(flagged) == ["ID_0052_Z_0108", "ID_0079_Z_0072", "ID_0134_Z_0137"]
+    three = ["ID_0052_Z_0108", "ID_0079_Z_0072", "ID_0134_Z_0137"]
+    assert sorted(flagged) == three if len(real_names) == 217 else set(three) <= set(flagged)
     assert "on air outside the body" in flagged["ID_0052_Z_0108"] and "on air outside the body" in flagged["ID_0134_Z_0137"]
     assert flagged["ID_0079_Z_0072"].startswith("one lung missing: 0 lung pixels on the image's left (the patient's right)")
 
@@ -87,7 +89,9 @@ def test_kfold_tests_every_slice_once_and_never_on_seen_slices(real_names):
     assert sorted(tested) == sorted(real_names)  # each slice tested exactly once
     for fold in folds:
         counts = fold.split.value_counts().to_dict()
-        assert counts["test"] in (43, 44) and counts["val"] == 33 and counts["train"] == 217 - 33 - counts["test"]
+        n = len(real_names)
+        assert counts["test"] in (n // 5, n // 5 + 1) and counts["val"] == round(0.15 * n)
+        assert counts["train"] == n - counts["val"] - counts["test"]
         assert sorted(fold.name) == sorted(real_names)  # one part each
     assert kfold_split(list(reversed(real_names)), 2).equals(folds[2])  # deterministic, order-free
     assert not kfold_split(real_names, 2, seed=1).equals(folds[2])
