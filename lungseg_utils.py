@@ -71,8 +71,15 @@ def library_versions() -> dict:
             "scikit-learn": sklearn.__version__, "opencv": cv2.__version__}
 
 
+def repo_path(path) -> str:
+    """A path as the notebooks print it: relative to the repository, the same on every machine."""
+    repository = next((p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lungseg_utils.py").is_file()), Path.cwd())
+    return os.path.relpath(Path(path).resolve(), repository)
+
+
 def config_table(config: dict) -> pd.DataFrame:
     """A notebook's effective settings followed by the library versions, as a one-column table."""
+    config = {key: repo_path(value) if isinstance(value, Path) else value for key, value in config.items()}
     return pd.Series({**config, **library_versions()}, name="value").astype(str).to_frame()
 
 
@@ -481,6 +488,19 @@ def augment_pair(images, masks, augmenter):
     return both[..., :1], tf.cast(both[..., 1:] >= 0.5, masks.dtype)
 
 # ======================================== from notebooks/03_unet.py
+
+
+def stage_summary(model) -> pd.DataFrame:
+    """``model.summary()`` in one row per stage (layers named ``<stage>_...``): layers, output shape, weights."""
+    rows = {}
+    for layer in model.layers:
+        row = rows.setdefault(layer.name.split("_")[0], {"layers": 0, "output": "", "weights": 0})
+        row["layers"] += 1
+        row["output"] = " x ".join(str(n) for n in layer.output.shape[1:])
+        row["weights"] += layer.count_params()
+    table = pd.DataFrame(rows).T
+    table.loc["total"] = [len(model.layers), "", model.count_params()]
+    return table
 
 
 _AXES = (1, 2, 3)  # height, width, channel: everything but the batch

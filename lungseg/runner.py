@@ -213,7 +213,7 @@ def ensure_inputs(notebook: str, output_dir: str = "outputs", img_size: int | No
         needed.append("02")
     if needed:
         names = " and ".join(source.stem for source in notebook_sources(needed))
-        print(f"{data} lacks the inputs of {notebook}: running {names} first, with their defaults"
+        print(f"{Path(output_dir) / 'data'} lacks the inputs of {notebook}: running {names} first, with their defaults"
               + (f" and IMG_SIZE={img_size}" if img_size and "02" in needed else "") + ".", flush=True)
         run_pipeline({"IMG_SIZE": img_size} if img_size else {}, output_dir, only=needed,
                      log=lambda *args, **kwargs: print(*args, **{**kwargs, "flush": True}))  # their progress, as it comes

@@ -119,8 +119,15 @@ def library_versions() -> dict:
             "scikit-learn": sklearn.__version__, "opencv": cv2.__version__}
 
 
+def repo_path(path) -> str:
+    """A path as the notebooks print it: relative to the repository, the same on every machine."""
+    repository = next((p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lungseg_utils.py").is_file()), Path.cwd())
+    return os.path.relpath(Path(path).resolve(), repository)
+
+
 def config_table(config: dict) -> pd.DataFrame:
     """A notebook's effective settings followed by the library versions, as a one-column table."""
+    config = {key: repo_path(value) if isinstance(value, Path) else value for key, value in config.items()}
     return pd.Series({**config, **library_versions()}, name="value").astype(str).to_frame()
 
 
@@ -150,7 +157,7 @@ dataset = get_dataset(DATA_SOURCE, data_dir, output_dir, archive=ARCHIVE or None
                       seed=SEED, in_colab="google.colab" in sys.modules, named=bool(named_data_dir))
 pairs = find_pairs(dataset["root"])
 print(f"source: {dataset['source']}{' [SYNTHETIC DATA - not real CT]' if dataset['synthetic'] else ''}")
-print(f"data folder: {dataset['root']}, {len(pairs)} image/mask pairs")
+print(f"data folder: {repo_path(dataset['root'])}, {len(pairs)} image/mask pairs")
 
 # %% [markdown]
 # ## Reading a CT slice in Hounsfield units
@@ -551,4 +558,4 @@ audit.to_csv(output_dir / "data" / "label_audit.csv", index=False)
 write_json(output_dir / "data" / "dataset.json",
            {**dataset, "pairs": len(pairs), "stats_csv": str(stats_csv) if stats_csv.is_file() else None,
             "hu_calibration": calibration})
-print("wrote", output_dir / "data" / "pairs.csv", "label_audit.csv and dataset.json")
+print("wrote", repo_path(output_dir / "data" / "pairs.csv"), "label_audit.csv and dataset.json")

@@ -322,7 +322,7 @@ settings = {"img_size": IMG_SIZE, "hu_min": HU_MIN, "hu_max": HU_MAX, "split": S
             "data_source": dataset["source"], "synthetic": dataset["synthetic"],
             "data_root": dataset["root"], "slices": {s: int(len(arrays[f"x_{s}"])) for s in ("train", "val", "test")}}
 lu.write_json(output_dir / "data" / "preprocess.json", settings)
-print("wrote", arrays_path, f"({arrays_path.stat().st_size / 1e6:.0f} MB) and preprocess.json")
+print("wrote", lu.repo_path(arrays_path), f"({arrays_path.stat().st_size / 1e6:.0f} MB) and preprocess.json")
 
 # %% [markdown]
 # ## Augmentation

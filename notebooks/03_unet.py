@@ -151,10 +151,28 @@ def build_unet(img_size, base_filters, depth=4):
 # %%
 keras.mixed_precision.set_global_policy("mixed_bfloat16" if MIXED_PRECISION else "float32")
 
+# %% [markdown]
+# `model.summary()` lists every layer (68 here, 95 in the Residual U-Net); one row per stage
+# reads better: what each stage outputs and how many weights it has.
+
+# %%
+#@save
+def stage_summary(model) -> pd.DataFrame:
+    """``model.summary()`` in one row per stage (layers named ``<stage>_...``): layers, output shape, weights."""
+    rows = {}
+    for layer in model.layers:
+        row = rows.setdefault(layer.name.split("_")[0], {"layers": 0, "output": "", "weights": 0})
+        row["layers"] += 1
+        row["output"] = " x ".join(str(n) for n in layer.output.shape[1:])
+        row["weights"] += layer.count_params()
+    table = pd.DataFrame(rows).T
+    table.loc["total"] = [len(model.layers), "", model.count_params()]
+    return table
+
 # %%
 keras.utils.set_random_seed(SEED)  # the same initial weights and shuffling on every run
 model = build_unet(IMG_SIZE, BASE_FILTERS)
-model.summary(line_length=100)
+stage_summary(model)
 
 # %% [markdown]
 # ## Loss and metrics

@@ -137,7 +137,7 @@ def build_resunet(img_size, base_filters, depth=4):
 keras.mixed_precision.set_global_policy("mixed_bfloat16" if MIXED_PRECISION else "float32")  # as in 03_unet
 keras.utils.set_random_seed(SEED)
 model = build_resunet(IMG_SIZE, BASE_FILTERS)
-model.summary(line_length=100)
+lu.stage_summary(model)  # model.summary() lists all 95 layers
 
 # %% [markdown]
 # ## Train exactly as the U-Net

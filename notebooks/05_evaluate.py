@@ -137,7 +137,8 @@ elif all((output_dir / "models" / f"{name}.keras").is_file() for name in MODELS)
     models_dir = output_dir / "models"
 else:
     models_dir = REPO_ROOT / "models"
-    print(f"No trained models in {output_dir / 'models'}: using the committed ones in {models_dir}.")
+    print(f"No trained models in {lu.repo_path(output_dir / 'models')}: using the committed ones in "
+          f"{lu.repo_path(models_dir)}.")
 models, records = {}, {}
 for name in MODELS:
     models[name], records[name] = load_trained_model(models_dir / f"{name}.keras")
@@ -1015,7 +1016,8 @@ else:
     if not scans_input.is_dir():
         write_dicom_series(images[:8], scans_input, pixel_spacing_mm=(spacing_mm, spacing_mm), slice_spacing_mm=5.0,
                            slope=1.0, intercept=-1024.0, description="DEMO: 8 test slices of different patients")
-    print(f"DEMO series: {len(list(scans_input.iterdir()))} DICOM files in {scans_input} (test slices, not a real volume)")
+    print(f"DEMO series: {len(list(scans_input.iterdir()))} DICOM files in {lu.repo_path(scans_input)} (test slices, not a "
+          "real volume)")
 measured = lu.predict_scans(models[chosen], records[chosen], scans_input, output_dir / "predictions" / chosen,
                             model_name=chosen)
 print(f"model: {chosen}")
