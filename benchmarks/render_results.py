@@ -101,7 +101,8 @@ def describe_augmentation(augmentation: dict | None) -> str:
 
 
 # Settings added after some runs were recorded, with the value those runs had.
-LATER_SETTINGS = {"mixed_precision": False, "dice_weight": 1.0, "train_on_flagged": True, "hu_calibration_scale": "none"}
+LATER_SETTINGS = {"mixed_precision": False, "dice_weight": 1.0, "train_on_flagged": True, "hu_calibration_scale": "none",
+                  "gas_pockets": 0.0}
 
 
 def _with_later(settings: dict) -> dict:
@@ -194,7 +195,11 @@ def cv_section(cv: dict, ablations: list[dict]) -> list[str]:
         "validation slices that pick the epoch taken from them, and scores them on its own slices with the "
         f"notebooks' functions. Settings: {settings['img_size']} px, {settings['epochs']} epochs, batch "
         f"{settings['batch_size']}, {settings['base_filters']} base filters, learning rate {settings['learning_rate']}, "
-        f"augmentation {describe_augmentation(settings['augmentation'])}, training seed {settings['seed']}. "
+        f"augmentation {describe_augmentation(settings['augmentation'])}"
+        + (f", gas pockets in {settings['gas_pockets']:.0%} of the training slices" if settings.get("gas_pockets") else "")
+        + (f", HU calibrated by 01 (scale {settings['hu_calibration_scale']:.3f})"
+           if settings.get("hu_calibration_scale") else ", the stored values (no HU calibration)")
+        + f", training seed {settings['seed']}. "
         f"Per-slice scores at native 512x512, raw masks (threshold 0.5, no post-processing) unless said. "
         f"Reproduce: `{_portable(cv['command'])}`.",
         "",
