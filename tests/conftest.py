@@ -139,3 +139,24 @@ def no_credentials(tmp_path, monkeypatch):
         monkeypatch.delenv(variable, raising=False)
     (tmp_path / "home").mkdir()
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture(scope="session")
+def committed():
+    """The committed Residual U-Net and its record: what predict.sh uses without models of your own."""
+    import lungseg_utils as lu
+
+    return lu.load_trained_model(REPO_ROOT / "models" / "resunet.keras")
+
+
+@pytest.fixture(scope="session")
+def slices(real_data, real_names, committed):
+    """Six real slices in standard HU, int16 as a scanner stores them (calibrated as the committed models'
+    training slices were; from different patients: a test volume, not anatomy)."""
+    import numpy as np
+
+    import lungseg_utils as lu
+
+    calibration = committed[1]["hu_calibration"]
+    return [np.round(lu.to_standard_hu(lu.read_slice(real_data / "2d_images" / name), calibration)).astype(np.int16)
+            for name in real_names[:6]]

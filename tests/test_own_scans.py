@@ -15,19 +15,6 @@ from lungseg_utils import LungsegError
 
 from conftest import REPO_ROOT
 
-COMMITTED = REPO_ROOT / "models" / "resunet.keras"
-
-
-@pytest.fixture(scope="module")
-def committed():
-    return lu.load_trained_model(COMMITTED)
-
-
-@pytest.fixture(scope="module")
-def slices(real_data, real_names, committed):
-    calibration = committed[1]["hu_calibration"]
-    return [np.round(lu.to_standard_hu(lu.read_slice(real_data / "2d_images" / name), calibration)).astype(np.int16)
-            for name in real_names[:3]]
 
 
 def _predict(committed, source, output, **options):

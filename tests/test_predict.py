@@ -24,20 +24,6 @@ R231_PER_SLICE = {"lung": 50_644, "right": 32_376, "left": 18_268}  # lungmask's
 COMMITTED = REPO_ROOT / "models" / "resunet.keras"
 
 
-@pytest.fixture(scope="module")
-def committed():
-    return lu.load_trained_model(COMMITTED)
-
-
-@pytest.fixture(scope="module")
-def slices(real_data, real_names, committed):
-    """Six real slices in standard HU, int16 as a scanner stores them (calibrated as the committed models'
-    training slices were; from different patients: a test volume, not anatomy)."""
-    calibration = committed[1]["hu_calibration"]
-    return [np.round(lu.to_standard_hu(lu.read_slice(real_data / "2d_images" / name), calibration)).astype(np.int16)
-            for name in real_names[:6]]
-
-
 def _predict(committed, source, output, **options):
     model, record = committed
     return lu.predict_scans(model, record, source, output, model_name="resunet", log=lambda line: None, **options)
