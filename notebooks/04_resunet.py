@@ -37,8 +37,7 @@ if "google.colab" in sys.modules:
     os.chdir("/content/lungseg/notebooks")
 REPO_ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lungseg_utils.py").is_file())
 sys.path.insert(0, str(REPO_ROOT))  # for lungseg_utils.py and lungseg/
-from lungseg.runner import describe_runtime  # noqa: E402
-print(describe_runtime())
+from lungseg.runner import describe_runtime; print(describe_runtime())  # noqa: E402,E702
 
 # %%
 import lungseg_utils as lu  # first: it also quiets TensorFlow's start-up messages
