@@ -249,8 +249,9 @@ def download_with_kagglehub(target: str | Path, dataset: str = KAGGLE_DATASET) -
     try:
         folder = kagglehub.dataset_download(dataset)
     except Exception as error:  # no network, Kaggle down, a proxy: kagglehub raises many kinds
-        first_line = (str(error).splitlines() or [""])[0][:200]
-        raise LungsegError(f"kagglehub could not download {dataset} ({type(error).__name__}: {first_line}). "
+        reason = (str(error).splitlines() or [""])[0]
+        reason = reason if len(reason) <= 100 else reason[:97] + "..."
+        raise LungsegError(f"kagglehub could not download {dataset} ({type(error).__name__}: {reason}). "
                            "Check the network, or download it by hand and give DATA_DIR or ARCHIVE.") from None
     return install_archive(folder, target)
 

@@ -44,6 +44,7 @@ def make_phantom(rng: np.random.Generator, size: int = 512) -> tuple[np.ndarray,
     heart = _ellipse(yy, xx, body_cy + 20 * s, c + rng.uniform(0, 25) * s, rng.uniform(45, 65) * s,
                      rng.uniform(45, 70) * s)
     lungs &= ~heart
+    lungs &= _ellipse(yy, xx, body_cy, c, body_ry - 28 * s, body_rx - 28 * s)  # a chest wall all round, as in a chest
     image[lungs] = -850
     image[heart] = 45
     spine = _ellipse(yy, xx, body_cy + body_ry - 55 * s, c, 22 * s, 20 * s)
