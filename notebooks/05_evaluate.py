@@ -145,9 +145,9 @@ ensure_inputs("05", OUTPUT_DIR)
 dataset = json.loads((output_dir / "data" / "dataset.json").read_text())
 real_ct_models = [name for name, record in records.items() if not record["synthetic"]]
 if dataset["synthetic"] and real_ct_models:  # a score of real-CT models on ellipses would mean nothing
-    raise LungsegError(f"The data are SYNTHETIC phantoms, and {', '.join(real_ct_models)} in {models_dir} learnt real "
-                       "CT: scoring them on phantoms measures nothing. Get the real data (01_download, DATA_SOURCE), "
-                       "or train on the phantoms first (03_unet, 04_resunet) to evaluate those models here.")
+    raise LungsegError(f"The data are SYNTHETIC phantoms, and {', '.join(real_ct_models)} in {lu.repo_path(models_dir)} "
+                       "learnt real CT: scoring them on phantoms measures nothing. Get the real data (01_download, "
+                       "DATA_SOURCE), or train on the phantoms first (03_unet, 04_resunet) to evaluate those models here.")
 synthetic = dataset["synthetic"] or any(record["synthetic"] for record in records.values())
 pixel_area = pixel_area_mm2(Path(dataset["root"]) / "lung_stats.csv")
 spacing_mm = float(np.sqrt(pixel_area))
