@@ -344,7 +344,7 @@ print("wrote", lu.repo_path(arrays_path), f"({arrays_path.stat().st_size / 1e6:.
 # Geometric augmentation, off by default, mirrors left-right (`FLIP_LEFT_RIGHT`) and rotates by up to
 # `ROTATION_DEGREES` (`RandomFlip`, `RandomRotation`). Image and mask get the *same* transform: they
 # go through the layers stacked as two channels, and the mask is thresholded again so it stays
-# binary. On the cross-validation it did not pay (RESULTS).
+# binary. On the cross-validation it did not pay (README, Results).
 
 # %%
 #@save

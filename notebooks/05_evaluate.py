@@ -1037,7 +1037,7 @@ axis.imshow(plt.imread(measured.preview.iloc[0])), axis.axis("off");
 # scan, and the scan segmented by today's models (trained on calibrated HU with intensity
 # augmentation). The scan ships with the Chest Imaging Platform's tests
 # (github.com/acil-bwh/ChestImagingPlatform, `Testing/Data/Input/ct-64Dicom`); set `OTHER_SCANNER` to
-# its folder, or to any chest CT. All volumes and the figures of every model: RESULTS in the README.
+# its folder, or to any chest CT. All the volumes, for both models: README, Results.
 
 # %%
 other = REPO_ROOT / OTHER_SCANNER if OTHER_SCANNER else None
