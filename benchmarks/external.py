@@ -91,9 +91,7 @@ def compare(ours: np.ndarray, reference: np.ndarray, hu: np.ndarray, affine: np.
     shape = [1, 1, 1]
     shape[axis] = -1
     on_lung_slices = with_lung.reshape(shape)
-    a, b = ours & on_lung_slices, reference
-    overlap = 2 * np.count_nonzero(a & b)
-    total = np.count_nonzero(a) + np.count_nonzero(b)
+    import lungseg_utils as lu
 
     def density(mask):
         inside = hu[mask]
@@ -101,7 +99,7 @@ def compare(ours: np.ndarray, reference: np.ndarray, hu: np.ndarray, affine: np.
                 float(np.percentile(inside, 15)) if inside.size else None)
     laa_ours, pd15_ours = density(ours)
     laa_reference, pd15_reference = density(reference)
-    return {"dice": overlap / total if with_lung.any() and total else None,
+    return {"dice": lu.overlap_scores(reference, ours & on_lung_slices)["dice"] if with_lung.any() else None,
             "lung_ml": float(np.count_nonzero(ours) * voxel_ml),
             "reference_ml": float(np.count_nonzero(reference) * voxel_ml),
             "false_lung_ml": float(np.count_nonzero(ours & ~on_lung_slices) * voxel_ml),
