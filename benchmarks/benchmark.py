@@ -71,6 +71,7 @@ def commit_models(output_dir: Path, data_dir: str) -> None:
     import keras
 
     import lungseg_utils as lu
+    from lungseg import report
 
     evaluation = json.loads((output_dir / "evaluation" / "evaluation.json").read_text())
     summary = pd.read_csv(output_dir / "evaluation" / "summary.csv")
@@ -86,7 +87,7 @@ def commit_models(output_dir: Path, data_dir: str) -> None:
         record.update(model_file=f"models/{name}.keras", data_root=_portable(str(Path(data_dir).resolve())),
                       test_slices=evaluation["test_names"], test_dice_native=float(native.dice_mean.iloc[0]),
                       produced_by=_portable(" ".join(["python benchmarks/benchmark.py", *sys.argv[1:]])) + " (its seed 0)")
-        lu.write_json(MODELS_DIR / f"{name}.json", record)
+        report.write_json(MODELS_DIR / f"{name}.json", record)
         shutil.copy(output_dir / "models" / f"{name}_history.csv", MODELS_DIR / f"{name}_history.csv")
     print("committed models written to", MODELS_DIR)
 

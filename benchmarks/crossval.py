@@ -6,9 +6,9 @@ defaults and ablations.
     .venv/bin/python benchmarks/crossval.py --label augmentation -p ROTATION_DEGREES 10.0 -p FLIP_LEFT_RIGHT True
     .venv/bin/python benchmarks/crossval.py --rescore          # score the trained folds again, no training
 
-For each fold k, notebooks 01-04 run exactly as a user runs them, with ``-p FOLD k`` (02 keeps fold
-k of scikit-learn's KFold as the test slices and takes the validation slices, which pick the
-epoch, from the rest), into ``outputs/cv[-LABEL]/fold_k``. Each model is then scored on its fold's
+For each fold k, notebooks 01-04 run exactly as a user runs them, with ``-p SPLIT_MANIFEST`` the
+fold's split (``lungseg.data.kfold_split``: fold k of scikit-learn's KFold as the test slices, the
+validation slices, which pick the epoch, from the rest), into ``outputs/cv[-LABEL]/fold_k``. Each model is then scored on its fold's
 test slices at native 512x512 with the notebooks' own functions (``lungseg_utils``): alone, with
 test-time augmentation (the mean probability of the slice and its left-right mirror), and the two
 models' ensemble (mean probability); without and with post-processing.
@@ -37,7 +37,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from lungseg import runner  # noqa: E402
-from lungseg.data import dataset_calibration, pixel_area_mm2  # noqa: E402
+from lungseg.data import dataset_calibration, find_pairs, kfold_split, pixel_area_mm2  # noqa: E402
+from lungseg.report import write_json  # noqa: E402
 
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 MODELS = ("unet", "resunet")
@@ -45,12 +46,10 @@ FOLDS = 5
 
 
 def fold_manifest(names, folds: int = FOLDS, seed: int = 0) -> pd.DataFrame:
-    """Which fold tests each slice (02's ``kfold_split``, all folds at once)."""
-    import lungseg_utils as lu
-
+    """Which fold tests each slice (``kfold_split``, all folds at once)."""
     test_fold = {}
     for fold in range(folds):
-        split = lu.kfold_split(names, fold, folds, seed=seed)
+        split = kfold_split(names, fold, folds, seed=seed)
         test_fold.update(dict.fromkeys(split.name[split.split == "test"], fold))
     return pd.DataFrame({"name": sorted(test_fold), "test_fold": [test_fold[n] for n in sorted(test_fold)]})
 
@@ -177,19 +176,22 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ["LUNGSEG_DATA_DIR"] = str(Path(args.data_dir).resolve())
     parameters = {k: runner.parse_value(v) for k, v in args.parameter}
-    if {"FOLD", "FOLDS"} & set(parameters):
-        parser.error("the folds are the script's: give --folds, not -p FOLD/FOLDS")
+    if {"SPLIT_MANIFEST", "SPLIT", "SPLIT_SEED"} & set(parameters):
+        parser.error("the folds are the script's: give --folds, not -p SPLIT_MANIFEST/SPLIT/SPLIT_SEED")
     runner.check_parameters(parameters, ["01", "02", "03", "04"])
     suffix = f"-{args.label}" if args.label else ""
     base = REPO_ROOT / "outputs" / f"cv{suffix}"
-    import lungseg_utils as lu
 
     for fold in ([] if args.rescore else args.folds):
         out = base / f"fold_{fold}"
         print(f"=== fold {fold} of {FOLDS} -> {out}", flush=True)
         started = time.perf_counter()
-        runner.run_pipeline({**parameters, "FOLD": fold}, str(out.relative_to(REPO_ROOT)), only=["01", "02", "03", "04"])
-        lu.write_json(out / "fold_seconds.json", {"pipeline_01_04_seconds": time.perf_counter() - started})
+        manifest = out / "fold_split.csv"  # this fold's split, which 02 uses as it is
+        out.mkdir(parents=True, exist_ok=True)
+        kfold_split(find_pairs(args.data_dir).name, fold, FOLDS).to_csv(manifest, index=False)
+        runner.run_pipeline({**parameters, "SPLIT_MANIFEST": str(manifest.relative_to(REPO_ROOT))},
+                            str(out.relative_to(REPO_ROOT)), only=["01", "02", "03", "04"])
+        write_json(out / "fold_seconds.json", {"pipeline_01_04_seconds": time.perf_counter() - started})
     trained = [fold for fold in range(FOLDS) if all((base / f"fold_{fold}" / "models" / f"{m}.keras").is_file()
                                                      for m in MODELS)]
     if trained != list(range(FOLDS)):
@@ -201,7 +203,7 @@ def main(argv=None) -> int:
     if dataset.get("synthetic"):
         raise SystemExit("cross-validation ran on SYNTHETIC phantoms: give --data-dir the real slices")
     spacing_mm = float(np.sqrt(pixel_area_mm2(Path(dataset["root"]) / "lung_stats.csv")))
-    audit = lu.audit_labels(pairs)  # 01's label audit
+    audit = pd.read_csv(data / "label_audit.csv").fillna("")  # 01's label audit
     flagged = set(audit.name[audit.flagged])
     manifest = fold_manifest(pairs.name).merge(audit, on="name")
     for fold in range(FOLDS):  # the folds' own manifests agree with the fold manifest
@@ -236,7 +238,7 @@ def main(argv=None) -> int:
     if args.versus:  # e.g. new defaults against the previous ones, slice by slice
         result["versus"] = {"against": args.versus, **versus(per_slice, pd.read_csv(REPO_ROOT / args.versus), flagged)}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    lu.write_json(RESULTS / f"cv{suffix}.json", result)
+    write_json(RESULTS / f"cv{suffix}.json", result)
     per_slice.round(6).to_csv(RESULTS / f"cv{suffix}-per-slice.csv", index=False)
     manifest.to_csv(RESULTS / "cv-folds.csv", index=False)
     table = pd.DataFrame(result["variants"]).T[["dice_mean", "iou_mean", "dice_min", "pooled_dice", "fold_dice_std",

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/external.py --models-dir outputs/models --label mine
 
 The Kaggle slices all come from one collection; cross-validation over them cannot show how a
-model does on another scanner. This runs the own-scan path (``lu.predict_scans``, what
+model does on another scanner. This runs the own-scan path (``scans.predict_scans``, what
 ``scripts/predict.sh`` calls) on every volume in ``../shared/data/external-ct`` (see its SOURCE.md)
 and on the LIDC slice, reads back the mask file it wrote, and compares it with the volume's
 reference lung mask from another tool, voxel by voxel in world coordinates (each file's own
@@ -130,17 +130,17 @@ def volumes(shared: Path) -> list[dict]:
 def run_volume(case: dict, model, record: dict, model_name: str, work: Path) -> tuple[dict, dict]:
     import nibabel as nib
 
-    import lungseg_utils as lu
+    from lungseg import scans
 
     out = work / f"{case['name']}-{model_name}"
     started = time.perf_counter()
-    table = lu.predict_scans(model, record, case["input"], out, model_name=model_name, log=lambda line: None)
+    table = scans.predict_scans(model, record, case["input"], out, model_name=model_name, log=lambda line: None)
     seconds = time.perf_counter() - started
     row = table.iloc[-1]
     written = nib.load(row["mask"])
     ours, affine = np.asarray(written.dataobj) > 0, written.affine
-    scan = lu.find_scans(case["input"])[0][1]()
-    hu = lu.from_model_axes(scan.hu, scan.orientation)  # the CT in HU on the mask's grid
+    scan = scans.find_scans(case["input"])[0][1]()
+    hu = scans.from_model_axes(scan.hu, scan.orientation)  # the CT in HU on the mask's grid
     reference, reference_affine = read_reference(case["reference"], case["labels"])
     if case.get("reference_first_slice"):  # a crop that kept its volume's affine (SOURCE.md): put it where it lies
         shift = np.eye(4)
@@ -154,10 +154,10 @@ def run_volume(case: dict, model, record: dict, model_name: str, work: Path) -> 
 
 
 def run_lidc(shared: Path, model, record: dict, model_name: str, work: Path) -> dict:
-    import lungseg_utils as lu
+    from lungseg import scans
 
     started = time.perf_counter()
-    table = lu.predict_scans(model, record, shared / "lidc-lungmask-testdata", work / f"lidc-{model_name}",
+    table = scans.predict_scans(model, record, shared / "lidc-lungmask-testdata", work / f"lidc-{model_name}",
                              model_name=model_name, log=lambda line: None)
     row = table.iloc[-1]
     return {"lung_pixels_per_slice": int(row["lung_pixels"]) / int(row["slices"]),
@@ -203,6 +203,7 @@ def main(argv=None) -> int:
     parser.add_argument("--shared", default=str(SHARED), help="the shared data folder")
     args = parser.parse_args(argv)
     import lungseg_utils as lu
+    from lungseg import report
 
     shared, models_dir = Path(args.shared), Path(args.models_dir)
     suffix = f"-{args.label}" if args.label else ""
@@ -218,7 +219,7 @@ def main(argv=None) -> int:
                                       cwd=REPO_ROOT, capture_output=True, check=True).stdout
                 (models_dir / f"{name}{extension}").write_bytes(blob)
     results = {"command": command,
-               "date": time.strftime("%Y-%m-%d"), "device": lu.describe_device(), "versions": lu.library_versions(),
+               "date": time.strftime("%Y-%m-%d"), "device": report.describe_device(), "versions": report.library_versions(),
                "platform": platform.platform(), "targets": TARGETS, "volumes": {}, "lidc": {}, "models": {}}
     with tempfile.TemporaryDirectory() as work:
         for name in args.models:

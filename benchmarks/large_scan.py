@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     import nibabel as nib
 
     import lungseg_utils as lu
+    from lungseg import report
 
     record = json.loads((REPO_ROOT / "models" / "resunet.json").read_text())
     files = sorted((Path(args.data_dir) / "2d_images").glob("*.tif"))[:6]
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
     peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", done.stderr).group(1)
     print(f"{args.slices} slices of 512x512: peak memory {peak_kb / 1e6:.1f} GB, wall time {wall} "
-          f"({lu.describe_device()})")
+          f"({report.describe_device()})")
     return 0
 
 

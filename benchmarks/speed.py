@@ -85,6 +85,7 @@ import json, sys, time
 sys.path.insert(0, sys.argv[1])
 import keras, numpy as np
 import lungseg_utils as lu
+from lungseg import report
 name, variant, steps = sys.argv[2], sys.argv[3], int(sys.argv[4])
 config = keras.saving.load_model(f"{sys.argv[1]}/models/{name}.keras", compile=False).get_config()
 def use_policy(node):  # rebuild the same architecture with every layer under the policy
@@ -156,16 +157,16 @@ def main(argv=None) -> int:
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
                         help="measure only these; the others are kept from an earlier speed.json")
     args = parser.parse_args(argv)
-    import lungseg_utils as lu
+    from lungseg import report
 
     data_dir = args.data_dir.resolve()
     path = RESULTS / "speed.json"
     record = json.loads(path.read_text()) if path.is_file() and set(args.parts) != set(PARTS) else {}
-    record.update({"device": lu.describe_device(), "date": time.strftime("%Y-%m-%d"), "versions": lu.library_versions(),
+    record.update({"device": report.describe_device(), "date": time.strftime("%Y-%m-%d"), "versions": report.library_versions(),
                    "command": f"python benchmarks/speed.py --data-dir {shlex.quote(str(args.data_dir))}"})
     for part in args.parts:
         record[part] = PARTS[part](data_dir)
-    lu.write_json(path, record)
+    report.write_json(path, record)
     print(json.dumps(record, indent=1))
     print("wrote", path)
     return 0

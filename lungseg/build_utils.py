@@ -27,18 +27,14 @@ Importing it registers the loss and metrics with Keras, so saved models load wit
 """
 
 import contextlib
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 from scipy import ndimage, stats
-from sklearn.model_selection import KFold, train_test_split
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

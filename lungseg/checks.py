@@ -1,4 +1,5 @@
-"""Training settings that cannot work are refused before minutes of training, naming the parameter."""
+"""Checks that refuse what cannot work, naming the parameter or file and the fix: training settings
+before minutes of training, and a trained model's files before it is used."""
 
 from __future__ import annotations
 
@@ -55,3 +56,39 @@ def check_augmentation(augmentation: dict) -> None:
         value = augmentation.get(key, 0.0)
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= limit:
             raise LungsegError(f"{key.upper()}={value!r}: use a number from 0 (off) to {limit}.")
+
+
+def read_model_record(path) -> dict:
+    """The record a model was trained with, ``<name>.json`` beside ``<name>.keras``; both files must be there."""
+    import json
+    from pathlib import Path
+
+    from lungseg_utils import check_settings
+
+    path = Path(path)
+    for needed in (path, path.with_suffix(".json")):
+        if not needed.is_file():
+            raise LungsegError(f"{needed} is missing: train the model first (notebooks 03_unet / 04_resunet), "
+                               "or use the committed models in the repository's models/ folder.")
+    try:
+        record = json.loads(path.with_suffix(".json").read_text())
+        check_settings(record, path.with_suffix(".json"))
+    except ValueError as error:  # not JSON, or not a model's record
+        raise LungsegError(f"{path.with_suffix('.json')}: not a model record ({error}). It is written with the "
+                           "model by 03/04: train again, or copy both files from the repository's models/.") from None
+    return record
+
+
+def explain_load_error(path, error) -> LungsegError:
+    """Why ``keras.saving.load_model(path)`` failed, and what to do: a newer Keras wrote it, or it is damaged."""
+    import keras
+
+    from lungseg.portable import saved_by  # the Keras version that wrote the file, if it says
+
+    if saved_by(path) and saved_by(path) != keras.__version__:
+        return LungsegError(f"{path}: saved by Keras {saved_by(path)}, which this Keras {keras.__version__} cannot "
+                            f"read ({type(error).__name__}). Upgrade Keras (pip install -U keras), or use the "
+                            "repository's committed models, which load on Keras 3.8 and newer.")
+    return LungsegError(f"{path}: cannot be loaded as a Keras model ({type(error).__name__}); the file may be "
+                        "truncated or damaged (an interrupted copy or download). Train again (03/04), or copy "
+                        "it again with its .json from the repository's models/.")

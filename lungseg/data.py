@@ -164,3 +164,38 @@ def dataset_calibration(dataset: dict) -> dict:
         raise LungsegError("outputs/data/dataset.json has no HU calibration: it was written by an older "
                            "01_download. Run 01_download again (it takes seconds).")
     return calibration
+
+
+# --------------------------------------------------------------------------- splits
+def kfold_split(names, fold: int, folds: int = 5, val_fraction: float = 0.15, seed: int = 0) -> pd.DataFrame:
+    """Fold ``fold`` of a k-fold cross-validation: scikit-learn's ``KFold`` makes ``folds`` test parts
+    (every slice is tested exactly once over the folds); the validation slices, which pick the
+    epoch, come from the rest. Sorted names and ``seed`` make it deterministic."""
+    from sklearn.model_selection import KFold, train_test_split
+
+    names = sorted(names)
+    if not (isinstance(folds, int) and 2 <= folds <= len(names)) or fold not in range(folds if isinstance(folds, int) else 0):
+        raise LungsegError(f"fold {fold!r} of {folds!r} folds: the folds must be an integer 2..{len(names)} and the "
+                           "fold one of 0..folds-1.")
+    train_val, test = list(KFold(folds, shuffle=True, random_state=seed).split(names))[fold]
+    train, val = train_test_split(train_val, test_size=round(val_fraction * len(names)), random_state=seed)
+    part_of = {**dict.fromkeys(train, "train"), **dict.fromkeys(val, "val"), **dict.fromkeys(test, "test")}
+    return pd.DataFrame({"name": names, "split": [part_of[index] for index in range(len(names))]})
+
+
+def read_split_manifest(path, names) -> pd.DataFrame:
+    """A saved split (CSV with columns name, split), for 02's ``SPLIT_MANIFEST``: it must give each of
+    ``names`` exactly one of train/val/test, and name no other slice."""
+    path = Path(path)
+    if not path.is_file():
+        raise LungsegError(f"SPLIT_MANIFEST={str(path)!r} does not exist: give a CSV with columns name, split "
+                           "(e.g. a split_manifest.csv written by 02), or leave it empty to split with SPLIT.")
+    manifest = pd.read_csv(path)
+    if not {"name", "split"} <= set(manifest.columns) or not manifest.split.isin(["train", "val", "test"]).all():
+        raise LungsegError(f"{path}: a split manifest has columns name and split, each split train, val or test.")
+    if manifest.name.duplicated().any() or set(manifest.name) != set(names):
+        raise LungsegError(f"{path}: names {len(set(manifest.name) ^ set(names))} slices that are not exactly these "
+                           f"{len(set(names))} pairs (or names one twice): make it from these data.")
+    if not {"train", "val"} <= set(manifest.split):
+        raise LungsegError(f"{path}: has no train or no val slices; both are needed to train.")
+    return manifest[["name", "split"]].sort_values("name", ignore_index=True)

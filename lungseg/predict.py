@@ -62,6 +62,7 @@ def main(argv=None) -> int:
         parser.error(f"--pixel-spacing {args.pixel_spacing}: give the pixel size in mm, a positive number")
 
     import lungseg_utils as lu
+    from lungseg import scans
 
     started = time.perf_counter()
     try:
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
         model, record = lu.load_trained_model(model_path)
         print(f"model: {model_path} ({record.get('model', args.model)}, {record.get('img_size')} px, validation Dice "
               f"{record.get('best_val_dice', float('nan')):.4f}{lu.data_label(bool(record.get('synthetic')))})", flush=True)
-        table = lu.predict_scans(model, record, args.input, args.output_dir, threshold=args.threshold,
+        table = scans.predict_scans(model, record, args.input, args.output_dir, threshold=args.threshold,
                                  postprocess=not args.no_postprocess, batch_size=args.batch_size, series=args.series,
                                  pixel_spacing_mm=args.pixel_spacing, progress=not args.no_progress,
                                  model_name=record.get("model", args.model),

@@ -26,7 +26,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO_ROOT / "notebooks"
 QUICK = {"IMG_SIZE": 64, "EPOCHS": 3, "BASE_FILTERS": 8, "BATCH_SIZE": 8, "SYNTHETIC_COUNT": 24}
-PATH_PARAMETERS = ("DATA_DIR", "ARCHIVE", "MODELS_DIR", "PREDICT_DIR")  # given on the command line: resolved here
+PATH_PARAMETERS = ("DATA_DIR", "ARCHIVE", "MODELS_DIR", "PREDICT_DIR", "SCAN")  # given on the command line: resolved here
 SYNTHETIC_NOTE = "[SYNTHETIC DATA - not real CT]"
 
 
@@ -202,7 +202,8 @@ def ensure_inputs(notebook: str, output_dir: str = "outputs", img_size: int | No
 
     02 needs 01's pairs; 03 and 04 need 02's arrays at ``img_size``; 05 needs 01's pairs and 02's split."""
     data = REPO_ROOT / output_dir / "data"
-    needed = [] if (data / "dataset.json").is_file() and (data / "pairs.csv").is_file() else ["01"]
+    made_by_01 = ("dataset.json", "pairs.csv") + (("label_audit.csv",) if notebook == "05" else ())  # 05 reads the audit
+    needed = [] if all((data / name).is_file() for name in made_by_01) else ["01"]
     if notebook in ("03", "04"):
         settings = data / "preprocess.json"
         arrays_fit = (data / "arrays.npz").is_file() and settings.is_file() and \

@@ -57,22 +57,19 @@ sys.path.insert(0, str(REPO_ROOT))  # for lungseg_utils.py and lungseg/
 from lungseg.runner import describe_runtime; print(describe_runtime())  # noqa: E402,E702
 
 # %%
-import lungseg_utils as lu  # first: it also quiets TensorFlow's start-up messages
+import lungseg_utils  # noqa: F401  first: it quiets TensorFlow's start-up messages
 
-import json
-import platform
 from pathlib import Path
 
 import cv2
-import keras
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 from scipy import ndimage
 
 from lungseg.data import check_lung_stats, find_pairs, summarise, verify_pairs  # checks of every pair
 from lungseg.download import get_dataset  # Kaggle, archives (extracted safely), synthetic phantoms
+from lungseg.report import config_table, describe_device, repo_path, write_json  # each run documents itself
 
 # %% [markdown]
 # ## Parameters
@@ -87,56 +84,6 @@ ARCHIVE = ""
 OUTPUT_DIR = "outputs"
 SYNTHETIC_COUNT = 60
 SEED = 0
-
-# %% [markdown]
-# ## Every run documents itself
-# Each notebook starts by printing its effective settings, the machine and the library versions,
-# and writes JSON records as it goes. These helpers do that in every notebook.
-
-# %%
-#@save
-def describe_device() -> str:
-    """'GPU: <name>' for each GPU TensorFlow sees, else 'CPU: <processor> (<n> cores)'."""
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        return "GPU: " + ", ".join(tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus)
-    processor = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").is_file():
-        models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")]
-        processor = models[0] if models else processor
-    return f"CPU: {processor} ({os.cpu_count()} cores)"
-
-
-def library_versions() -> dict:
-    import cv2
-    import scipy
-    import sklearn
-
-    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-            "numpy": np.__version__, "pandas": pd.__version__, "scipy": scipy.__version__,
-            "scikit-learn": sklearn.__version__, "opencv": cv2.__version__}
-
-
-def repo_path(path) -> str:
-    """A path as the notebooks print it: relative to the repository, the same on every machine."""
-    repository = next((p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lungseg_utils.py").is_file()), Path.cwd())
-    return os.path.relpath(Path(path).resolve(), repository)
-
-
-def config_table(config: dict) -> pd.DataFrame:
-    """A notebook's effective settings followed by the library versions, as a one-column table."""
-    config = {key: repo_path(value) if isinstance(value, Path) else value for key, value in config.items()}
-    return pd.Series({**config, **library_versions()}, name="value").astype(str).to_frame()
-
-
-def write_json(path, record: dict) -> None:
-    """Write a JSON record atomically (a temporary file, then a rename): never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    temporary.replace(path)
 
 # %%
 named_data_dir = DATA_DIR or os.environ.get("LUNGSEG_DATA_DIR")  # named by you: it must hold the data
@@ -185,90 +132,23 @@ PNG_HU_OFFSET = -1024  # a 16-bit PNG cannot hold negative numbers: by conventio
 
 
 def read_slice(path, *, png_hu_offset: int = PNG_HU_OFFSET) -> np.ndarray:
-    """One CT slice as a 2-D array in HU: TIFF read losslessly, DICOM (``.dcm`` or any file with the
-    DICOM preamble) with RescaleSlope/Intercept applied, 16-bit PNG with ``png_hu_offset`` added. Anything unreadable raises LungsegError."""
-    import tifffile
+    """One CT slice as a 2-D array in HU: TIFF as stored, DICOM through its RescaleSlope/Intercept,
+    16-bit PNG plus ``png_hu_offset``. Anything unreadable raises LungsegError naming the file."""
+    from lungseg import files  # opening each format, and errors that name the file and the fix
 
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in IMAGE_SUFFIXES and not is_dicom(path):
-        raise LungsegError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}.")
-    try:
-        if is_dicom(path):
-            import pydicom
-
-            from lungseg.dicom import check_decodable  # a missing decoder: which compression, which package
-
-            dataset = pydicom.dcmread(path, force=True)  # force: files written without the 128-byte preamble
-            check_decodable(dataset, path)
-            array = dicom_hu(dataset)
-        elif suffix == ".png":
-            array = _read_with_opencv(path)
+    path = files.check_suffix(path, IMAGE_SUFFIXES)
+    with files.named_errors(path):
+        if files.is_dicom(path):
+            dataset = files.read_dicom(path)  # pydicom
+            array = dataset.pixel_array.astype(np.float32) * float(dataset.get("RescaleSlope") or 1) + float(
+                dataset.get("RescaleIntercept") or 0)
+        elif path.suffix.lower() == ".png":
+            array = files.read_unchanged(path)  # cv2.imread(path, cv2.IMREAD_UNCHANGED): all 16 bits
             if array.dtype == np.uint16:
                 array = array.astype(np.int32) + png_hu_offset
         else:
-            try:
-                array = tifffile.imread(path)
-            except ValueError as error:  # compressions tifffile needs imagecodecs for (LZW): OpenCV keeps the bits too
-                if "imagecodecs" not in str(error):
-                    raise
-                array = _read_with_opencv(path)
-    except Exception as error:  # tifffile, pydicom and OpenCV raise many different types
-        raise LungsegError(f"{path}: unreadable or corrupt image ({type(error).__name__}: {error}). "
-                           "Re-download or re-export this file, or remove it together with its mask.") from error
-    array = np.asarray(array)
-    if array.size == 0:
-        raise LungsegError(f"{path}: unreadable or corrupt image (no pixel data). Re-download or re-export it.")
-    if array.ndim == 3 and array.shape[-1] in (3, 4):
-        raise LungsegError(f"{path}: a colour image {array.shape}; a CT slice has one channel in HU.")
-    if array.ndim != 2:
-        raise LungsegError(f"{path}: expected one 2-D slice, got an array of shape {array.shape}.")
-    check_finite(array, path)
-    return array
-
-
-def is_dicom(path) -> bool:
-    """A ``.dcm`` file, a file with the DICOM preamble, or a file without a suffix that pydicom reads as an
-    image (files of a series often have no suffix, and some no preamble)."""
-    path = Path(path)
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with open(path, "rb") as handle:
-            if handle.read(132)[128:] == b"DICM":
-                return True
-    except OSError:
-        return False
-    if path.suffix or path.name.upper() == "DICOMDIR":
-        return False
-    try:
-        import pydicom
-
-        header = pydicom.dcmread(path, force=True, stop_before_pixels=True)
-        return "Rows" in header and "SOPClassUID" in header
-    except Exception:  # not DICOM: pydicom raises many kinds
-        return False
-
-
-def dicom_hu(dataset) -> np.ndarray:
-    """A DICOM image's stored values in HU: stored * RescaleSlope + RescaleIntercept."""
-    return dataset.pixel_array.astype(np.float32) * float(dataset.get("RescaleSlope") or 1) + float(
-        dataset.get("RescaleIntercept") or 0)
-
-
-def _read_with_opencv(path) -> np.ndarray:
-    """``cv2.imread(path, IMREAD_UNCHANGED)`` (all bits kept), without OpenCV's own log lines on a bad file."""
-    import cv2
-
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    try:
-        array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    finally:
-        cv2.utils.logging.setLogLevel(level)
-    if array is None:
-        raise OSError("OpenCV could not decode it")
-    return array
+            array = files.read_tiff(path)  # tifffile.imread(path): the int16 HU as stored
+    return files.check_slice(array, path)
 
 
 def check_finite(image: np.ndarray, name) -> None:
@@ -402,7 +282,6 @@ show_pairs(rows, ["CT slice (window -1000..400 HU)", "lung mask"], list(examples
 # look sound, side by side.
 
 # %%
-#@save
 def audit_mask(image_hu: np.ndarray, mask: np.ndarray, outside_fraction: float = 0.02,
                lung_hu=(-950, -300), one_side_fraction: float = 0.1) -> list:
     """Reasons to doubt one lung mask, from its image in HU (an empty list: it looks sound)."""
@@ -469,7 +348,6 @@ if len(flagged):
 # histogram is taken after a 7x7 mean filter.
 
 # %%
-#@save
 STANDARD_HU = {"outside air": -1000.0, "fat": -100.0, "soft tissue": 40.0}  # air by definition; fat, muscle/blood
 
 
@@ -513,6 +391,11 @@ def fit_hu_calibration(peaks: dict) -> dict:
     return {**identity, "scale": float(scale), "offset": float(offset)}
 
 
+# %% [markdown]
+# Every later notebook reads the slices through this line, with the calibration recorded in `dataset.json`:
+
+# %%
+#@save
 def to_standard_hu(image, calibration: dict) -> np.ndarray:
     """A slice of the dataset in standard HU (float32), with the calibration that 01 recorded."""
     return np.asarray(image, np.float32) * np.float32(calibration["scale"]) + np.float32(calibration["offset"])

@@ -52,10 +52,11 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 from scipy import ndimage
-from sklearn.model_selection import KFold, train_test_split
+from sklearn.model_selection import train_test_split
 
 from lungseg.checks import check_augmentation  # refuses augmentation settings that cannot work
-from lungseg.data import dataset_calibration  # 01's HU calibration, from dataset.json
+from lungseg.data import dataset_calibration, read_split_manifest  # 01's HU calibration; a saved split, checked
+from lungseg.report import config_table, repo_path, write_json  # each run documents itself
 from lungseg.runner import ensure_inputs  # runs 01_download first if its outputs are missing
 
 # %% [markdown]
@@ -71,8 +72,7 @@ HU_MIN = -1000
 HU_MAX = 400
 SPLIT = [0.7, 0.15, 0.15]
 SPLIT_SEED = 0
-FOLD = None  # 0..FOLDS-1: test on that fold of a k-fold cross-validation (the benchmark's); None: SPLIT
-FOLDS = 5
+SPLIT_MANIFEST = ""  # a saved split to reuse (CSV: name, split), e.g. a cross-validation fold; empty: SPLIT
 ROTATION_DEGREES = 0.0  # augmentation is off by default: see "Augmentation" below
 FLIP_LEFT_RIGHT = False
 FLIP_UP_DOWN = False
@@ -107,12 +107,12 @@ augmentation = {"rotation_degrees": float(ROTATION_DEGREES), "flip_left_right": 
                 "hu_contrast": float(HU_CONTRAST), "noise_hu": float(NOISE_HU), "blur_sigma": float(BLUR_SIGMA)}
 check_augmentation({**augmentation, "gas_pockets": GAS_POCKETS})
 calibration = dataset_calibration(dataset)  # 01's: the stored values -> standard HU
-lu.config_table({"OUTPUT_DIR": output_dir, "IMG_SIZE": IMG_SIZE, "HU window": (HU_MIN, HU_MAX), "SPLIT": SPLIT,
-                 "SPLIT_SEED": SPLIT_SEED,
-                 "FOLD": "none (SPLIT)" if FOLD is None else f"{FOLD} of {FOLDS}", "augmentation": augmentation,
-                 "TRAIN_ON_FLAGGED": TRAIN_ON_FLAGGED, "GAS_POCKETS": GAS_POCKETS,
-                 "HU calibration (01)": f"standard HU = {calibration['scale']:.3f} x stored {calibration['offset']:+.1f}",
-                 "data": f"{dataset['source']}{lu.data_label(dataset['synthetic'])}: {len(pairs)} pairs"})
+config_table({"OUTPUT_DIR": output_dir, "IMG_SIZE": IMG_SIZE, "HU window": (HU_MIN, HU_MAX), "SPLIT": SPLIT,
+              "SPLIT_SEED": SPLIT_SEED,
+              "SPLIT_MANIFEST": SPLIT_MANIFEST or "none (SPLIT)", "augmentation": augmentation,
+              "TRAIN_ON_FLAGGED": TRAIN_ON_FLAGGED, "GAS_POCKETS": GAS_POCKETS,
+              "HU calibration (01)": f"standard HU = {calibration['scale']:.3f} x stored {calibration['offset']:+.1f}",
+              "data": f"{dataset['source']}{lu.data_label(dataset['synthetic'])}: {len(pairs)} pairs"})
 
 # %% [markdown]
 # ## The HU window
@@ -150,22 +150,18 @@ lu.save_figure(figure, output_dir / "figures" / "02_hu_window.png", dataset["syn
 # of names and `SPLIT_SEED`. The manifest records it, so that training, evaluation and you see
 # exactly which slices were held out.
 #
-# One split of 217 slices tests on 33 of them: too small a jury to choose between two models or two
-# settings whose Dice differ by 0.001. The benchmark therefore also runs a **5-fold
-# cross-validation**: with `FOLD=k`, this notebook keeps fold `k` of scikit-learn's `KFold` as the
-# test slices (over the five folds, every slice is tested exactly once) and takes the validation
-# slices from the rest. This fixed split stays the teaching split.
+# One split of 217 slices tests on 33 of them, too few to choose between settings whose Dice differs
+# by 0.001. So the defaults are decided by a 5-fold cross-validation, in which every slice is tested
+# once (`benchmarks/crossval.py` gives this notebook each fold as `SPLIT_MANIFEST`), and on CT from
+# other scanners ([RESULTS.md](../RESULTS.md)). This split stays the teaching split.
 #
 # 01's audit flags masks that are wrong (three of the 217). By default they are split like any other
 # slice. With `TRAIN_ON_FLAGGED = False` the flagged slices that fall in training or validation are
 # marked `excluded` in the manifest and left out of the arrays, so no model learns from them or picks
 # its epoch on them; the flagged slices that fall in the test part stay there, scored and named.
-# In the 5-fold cross-validation this changed the per-slice Dice by +0.0001 (Residual U-Net) and
-# −0.0004 (U-Net), within the noise: three wrong masks among about 150 do no measurable harm, so the
-# default keeps them (README, Results).
+# Leaving them out moved the cross-validated Dice by less than 0.0005, so the default keeps them.
 
 # %%
-#@save
 def split_slices(names, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> pd.DataFrame:
     """Each slice to train/val/test: the test slices first, then the validation slices from the rest."""
     names, fractions = sorted(names), list(fractions)
@@ -181,25 +177,12 @@ def split_slices(names, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> pd.DataFr
     return pd.DataFrame({"name": names, "split": [part_of[name] for name in names]})
 
 
-def kfold_split(names, fold: int, folds: int = 5, val_fraction: float = 0.15, seed: int = 0) -> pd.DataFrame:
-    """Fold ``fold`` of a k-fold cross-validation: scikit-learn's ``KFold`` makes ``folds`` test parts
-    (every slice is tested exactly once over the folds); the validation slices, which pick the
-    epoch, come from the rest. Sorted names and ``seed`` make it deterministic."""
-    names = sorted(names)
-    if not (isinstance(folds, int) and 2 <= folds <= len(names)) or fold not in range(folds if isinstance(folds, int) else 0):
-        raise LungsegError(f"FOLD={fold!r} of FOLDS={folds!r}: FOLDS must be an integer 2..{len(names)} and FOLD one "
-                           "of 0..FOLDS-1 (or FOLD=None for the fixed SPLIT).")
-    train_val, test = list(KFold(folds, shuffle=True, random_state=seed).split(names))[fold]
-    train, val = train_test_split(train_val, test_size=round(val_fraction * len(names)), random_state=seed)
-    part_of = {**dict.fromkeys(train, "train"), **dict.fromkeys(val, "val"), **dict.fromkeys(test, "test")}
-    return pd.DataFrame({"name": names, "split": [part_of[index] for index in range(len(names))]})
-
 # %%
 # NBVAL_CHECK_OUTPUT
-if FOLD is None:
-    manifest = split_slices(pairs.name, SPLIT, SPLIT_SEED)
+if SPLIT_MANIFEST:  # a split made elsewhere (the benchmark's folds): checked to name exactly these slices
+    manifest = read_split_manifest(REPO_ROOT / SPLIT_MANIFEST, pairs.name)
 else:
-    manifest = kfold_split(pairs.name, FOLD, FOLDS, SPLIT[1], SPLIT_SEED)
+    manifest = split_slices(pairs.name, SPLIT, SPLIT_SEED)
 if not TRAIN_ON_FLAGGED:  # the flagged masks stay test slices (scored, and named as flagged), never teachers
     audit_csv = output_dir / "data" / "label_audit.csv"
     if not audit_csv.is_file():
@@ -269,7 +252,6 @@ print("mask values:", np.unique(np.concatenate([arrays[f"y_{s}"].ravel() for s i
 # Validation and test slices stay as they are.
 
 # %%
-#@save
 def add_gas_pockets(image01: np.ndarray, mask: np.ndarray, rng: np.random.Generator, hu_window=(-1000, 400),
                     count=(1, 3), radius_px=(3, 16)) -> np.ndarray:
     """A windowed slice with 1-3 elliptic pockets of gas (-1000..-900 HU, noise of 20 HU, edges blurred
@@ -315,13 +297,13 @@ temporary = arrays_path.with_name("arrays.partial.npz")
 np.savez(temporary, **arrays)
 temporary.replace(arrays_path)
 settings = {"img_size": IMG_SIZE, "hu_min": HU_MIN, "hu_max": HU_MAX, "split": SPLIT, "split_seed": SPLIT_SEED,
-            "split_method": "train_test_split" if FOLD is None else f"KFold fold {FOLD} of {FOLDS}",
+            "split_method": f"manifest {SPLIT_MANIFEST}" if SPLIT_MANIFEST else "train_test_split",
             "augmentation": augmentation, "gas_pockets": float(GAS_POCKETS), "train_on_flagged": bool(TRAIN_ON_FLAGGED),
             "hu_calibration": calibration,
             "data_source": dataset["source"], "synthetic": dataset["synthetic"],
             "data_root": dataset["root"], "slices": {s: int(len(arrays[f"x_{s}"])) for s in ("train", "val", "test")}}
-lu.write_json(output_dir / "data" / "preprocess.json", settings)
-print("wrote", lu.repo_path(arrays_path), f"({arrays_path.stat().st_size / 1e6:.0f} MB) and preprocess.json")
+write_json(output_dir / "data" / "preprocess.json", settings)
+print("wrote", repo_path(arrays_path), f"({arrays_path.stat().st_size / 1e6:.0f} MB) and preprocess.json")
 
 # %% [markdown]
 # ## Augmentation

@@ -42,8 +42,7 @@ from lungseg.runner import describe_runtime; print(describe_runtime())  # noqa: 
 
 # %%
 import lungseg_utils as lu  # first: it also quiets TensorFlow's start-up messages
-from lungseg_utils import (LungsegError, augment_pair, data_label, describe_device,  # used by this notebook's
-                           library_versions, save_figure, write_json)  # #@save cells; saved in 01 and 02
+from lungseg_utils import augment_pair, data_label, save_figure  # used by this notebook's #@save cells
 
 import json
 import math
@@ -58,7 +57,9 @@ import tensorflow as tf
 from keras import layers, ops
 
 from lungseg.checks import check_training_settings  # refuses settings that cannot work, before minutes of training
+from lungseg.report import config_table, describe_device, stage_summary  # each run documents itself
 from lungseg.runner import ensure_inputs  # runs 01 and 02 first if their outputs are missing
+from lungseg.training import finish_training  # the best epoch's model and its record, once fit has ended
 
 # %% [markdown]
 # ## Parameters
@@ -90,11 +91,11 @@ ensure_inputs("03", OUTPUT_DIR, IMG_SIZE)
 preprocessing = json.loads((output_dir / "data" / "preprocess.json").read_text())
 with np.load(output_dir / "data" / "arrays.npz") as archive:
     arrays = dict(archive)
-lu.config_table({"OUTPUT_DIR": output_dir, "IMG_SIZE": IMG_SIZE, "EPOCHS": EPOCHS, "BATCH_SIZE": BATCH_SIZE,
-                 "LEARNING_RATE": LEARNING_RATE, "BASE_FILTERS": BASE_FILTERS,
-                 "MIXED_PRECISION": MIXED_PRECISION, "DICE_WEIGHT": DICE_WEIGHT, "SEED": SEED,
-                 "data": preprocessing["data_source"] + lu.data_label(preprocessing["synthetic"]),
-                 "slices": preprocessing["slices"], "device": describe_device()})
+config_table({"OUTPUT_DIR": output_dir, "IMG_SIZE": IMG_SIZE, "EPOCHS": EPOCHS, "BATCH_SIZE": BATCH_SIZE,
+              "LEARNING_RATE": LEARNING_RATE, "BASE_FILTERS": BASE_FILTERS,
+              "MIXED_PRECISION": MIXED_PRECISION, "DICE_WEIGHT": DICE_WEIGHT, "SEED": SEED,
+              "data": preprocessing["data_source"] + lu.data_label(preprocessing["synthetic"]),
+              "slices": preprocessing["slices"], "device": describe_device()})
 
 # %% [markdown]
 # ## The building block
@@ -141,32 +142,16 @@ def build_unet(img_size, base_filters, depth=4):
 # ## Mixed precision (optional)
 # With `MIXED_PRECISION = True` the layers compute in bfloat16 (half the bits of float32, the same
 # range) and keep their weights in float32. On hardware with bfloat16 arithmetic (GPUs from NVIDIA
-# Ampere on; CPUs with AVX512-BF16 or AMX) a training step is faster; on other hardware it can be
-# slower. On a 2-core AVX512-BF16 CPU it made training about 14% shorter; in the 5-fold
-# cross-validation it moved the per-slice Dice by +0.0003 (U-Net) and −0.0003 (Residual U-Net),
-# about what another training seed does (README, Results), so float32 stays the default. The policy
+# Ampere on; CPUs with AVX512-BF16 or AMX) a training step is faster; elsewhere it can be slower. It
+# left the cross-validated Dice where it was (within 0.0003), so float32 stays the default. The policy
 # is global: it applies to every layer built after this cell.
 
 # %%
 keras.mixed_precision.set_global_policy("mixed_bfloat16" if MIXED_PRECISION else "float32")
 
 # %% [markdown]
-# `model.summary()` lists every layer (68 here, 95 in the Residual U-Net); one row per stage
-# reads better: what each stage outputs and how many weights it has.
-
-# %%
-#@save
-def stage_summary(model) -> pd.DataFrame:
-    """``model.summary()`` in one row per stage (layers named ``<stage>_...``): layers, output shape, weights."""
-    rows = {}
-    for layer in model.layers:
-        row = rows.setdefault(layer.name.split("_")[0], {"layers": 0, "output": "", "weights": 0})
-        row["layers"] += 1
-        row["output"] = " x ".join(str(n) for n in layer.output.shape[1:])
-        row["weights"] += layer.count_params()
-    table = pd.DataFrame(rows).T
-    table.loc["total"] = [len(model.layers), "", model.count_params()]
-    return table
+# `model.summary()` lists all 68 layers; `stage_summary` shows one row per stage: what it outputs
+# and how many weights it has.
 
 # %%
 keras.utils.set_random_seed(SEED)  # the same initial weights and shuffling on every run
@@ -186,9 +171,8 @@ stage_summary(model)
 # `DiceCELoss` does with `lambda_dice`. Per image, the Dice term counts a small lung as much as a
 # large one; cross-entropy counts pixels. A weight other than 1 compiles `WeightedBceDiceLoss`, the
 # same loss as a Keras `Loss` object, because a model saved with a plain function keeps only its
-# name, not the weight. In the 5-fold cross-validation a weight of 3 moved the per-slice Dice by
-# +0.0002 (U-Net) and +0.0000 (Residual U-Net), within the noise, so the weight stays 1 (README,
-# Results).
+# name, not the weight. A weight of 3 left the cross-validated Dice where it was (within 0.0002), so
+# it stays 1 ([RESULTS.md](../RESULTS.md) has every such comparison).
 
 # %%
 #@save
@@ -275,17 +259,28 @@ val_data = make_dataset(arrays["x_val"], arrays["y_val"], BATCH_SIZE)
 print(f"{len(train_data)} training batches and {len(val_data)} validation batches of up to {BATCH_SIZE} slices")
 
 # %% [markdown]
+# One training batch, as `fit` will see it: shuffled, augmented (noise, blur, HU scale and shift),
+# the mask unchanged. It is drawn from a copy of the pipeline, so that training's own random draws
+# stay as they are.
+
+# %%
+preview = make_dataset(arrays["x_train"], arrays["y_train"], BATCH_SIZE, training=True, seed=SEED,
+                       augmenter=lu.make_augmenter(**preprocessing["augmentation"], hu_window=(
+                           preprocessing["hu_min"], preprocessing["hu_max"]), seed=SEED))
+images, masks = next(iter(preview))
+lu.show_pairs([list(images.numpy()[:4, ..., 0]), list(masks.numpy()[:4, ..., 0])], [f"slice {i + 1}" for i in range(4)],
+              ["input", "mask"], title=f"One training batch from tf.data: {tuple(images.shape)} images",
+              synthetic=preprocessing["synthetic"], size=2.4);
+
+# %% [markdown]
 # ## Compile
 # Adam, with a learning rate that follows a cosine from `LEARNING_RATE` down to 1% of it over the
 # whole run: large steps early, fine ones at the end.
 #
 # Why 3e-3 and not the usual 1e-3: Adam moves each weight by at most about the learning rate per
-# step, and 25 epochs of 151 slices are only about 475 steps. With 1e-3 the output layer could not
-# move far enough: the predicted probability stayed near 0.06 on background pixels, the loss
-# levelled off at 0.20 although the thresholded Dice was 0.98. With 3e-3 the background falls below
-# 0.01, the loss reaches 0.05, and Dice rose on the validation and test slices for both models. The
-# 5-fold cross-validation over all 217 slices confirms it: at 1e-3 the per-slice Dice is lower by
-# 0.0010 (U-Net) and 0.0017 (Residual U-Net), on most slices (README, Results).
+# step, and 25 epochs of 151 slices are only about 475 steps. At 1e-3 the background's probability
+# stayed near 0.06 and the cross-validated Dice was 0.001 lower; at 3e-3 the background falls below
+# 0.01 (the probability map at the end shows it).
 
 # %%
 steps = math.ceil(len(arrays["x_train"]) / BATCH_SIZE) * EPOCHS
@@ -302,6 +297,9 @@ model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=[dic
 # - `CSVLogger` writes the history, one row per epoch; `TerminateOnNaN` stops a run whose loss
 #   has become NaN (bad data, too large a learning rate).
 # - `EpochTimer` (below) adds each epoch's seconds to that history.
+#
+# After `fit`, `finish_training` renames the files and writes the model's record (`unet.json`:
+# its preprocessing, slices, best epoch, timings), which 05 and `predict.sh` read.
 
 # %%
 #@save
@@ -314,29 +312,6 @@ class EpochTimer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs["seconds"] = time.perf_counter() - self.started
 
-
-def finish_training(model, name: str, models_dir, settings: dict) -> dict:
-    """After ``fit``: move ``<name>.in-progress.keras`` and its history to ``<name>.keras`` and
-    ``<name>_history.csv``, write ``<name>.json`` (settings, best epoch, timings, device, versions),
-    and return that record. A run whose loss became NaN keeps the previous model and says so."""
-    models_dir = Path(models_dir)
-    best_model, history_csv = models_dir / f"{name}.in-progress.keras", models_dir / f"{name}.in-progress_history.csv"
-    history = pd.read_csv(history_csv)
-    if not np.isfinite(history.loss).all() or not best_model.is_file():
-        for leftover in (best_model, history_csv):
-            leftover.unlink(missing_ok=True)
-        raise LungsegError(f"Training {name} stopped at epoch {len(history)}: the loss became NaN. Nothing was "
-                           f"saved; an earlier {name}.keras is kept. Lower LEARNING_RATE, or look for NaN in the data.")
-    best = int(history.val_iou_coef.idxmax())
-    record = {"model": name, **settings, "parameters": int(model.count_params()), "best_epoch": best + 1,
-              "best_val_iou": float(history.val_iou_coef[best]), "best_val_dice": float(history.val_dice_coef[best]),
-              "seconds_per_epoch": float(history.seconds[1:].mean() if len(history) > 1 else history.seconds[0]),
-              "first_epoch_seconds": float(history.seconds[0]), "training_seconds": float(history.seconds.sum()),
-              "device": describe_device(), "versions": library_versions(), "model_file": str(models_dir / f"{name}.keras")}
-    best_model.replace(models_dir / f"{name}.keras")
-    history_csv.replace(models_dir / f"{name}_history.csv")
-    write_json(models_dir / f"{name}.json", record)
-    return record
 
 # %%
 models_dir.mkdir(parents=True, exist_ok=True)
@@ -386,12 +361,32 @@ plot_history({"U-Net": pd.read_csv(models_dir / "unet_history.csv")}, path=outpu
 
 # %% [markdown]
 # ## A first look at its predictions
-# Three validation slices at model resolution: the input, the true mask, and the predicted mask
-# (probability ≥ 0.5). `05_evaluate` scores both models properly, at the slices' native resolution.
+# The network's output is a probability per pixel; the mask is where it is at least 0.5. On a
+# validation slice: the probability map (nearly everything is sure: near 0 or 1), and the mask
+# over the truth, with the pixels it missed in blue and the extra ones in red. `05_evaluate` scores
+# both models properly, at the slices' native resolution.
 
 # %%
-shown = [0, len(arrays["x_val"]) // 2, len(arrays["x_val"]) - 1]
-predicted = model.predict(arrays["x_val"][shown], verbose=0)[..., 0] >= 0.5
-lu.show_pairs([[arrays["x_val"][i, ..., 0], arrays["y_val"][i, ..., 0], p] for i, p in zip(shown, predicted)],
-              ["input", "true mask", "predicted mask"], [str(arrays["names_val"][i]) for i in shown],
-              title="U-Net on validation slices", synthetic=preprocessing["synthetic"]);
+#@save
+def error_overlay(image01: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """RGB picture of a windowed slice with false positives in red and false negatives in blue."""
+    rgb = np.repeat(image01[..., None], 3, axis=-1).astype(np.float32)
+    rgb[prediction.astype(bool) & ~truth.astype(bool)] = [1.0, 0.1, 0.1]
+    rgb[truth.astype(bool) & ~prediction.astype(bool)] = [0.1, 0.4, 1.0]
+    return rgb
+
+# %%
+index = int(np.argmin([mask.sum() for mask in arrays["y_val"]]))  # the smallest lung: where errors show
+probability = model.predict(arrays["x_val"][index:index + 1], verbose=0)[0, ..., 0]
+truth = arrays["y_val"][index, ..., 0]
+figure, axes = plt.subplots(1, 3, figsize=(12, 4.2))
+axes[0].imshow(arrays["x_val"][index, ..., 0], cmap="gray"), axes[0].set_title("input (window -1000..400 HU)")
+shown = axes[1].imshow(probability, cmap="magma", vmin=0, vmax=1)
+axes[1].set_title("lung probability"), figure.colorbar(shown, ax=axes[1], fraction=0.046)
+axes[2].imshow(error_overlay(arrays["x_val"][index, ..., 0], truth, probability >= 0.5))
+axes[2].set_title(f"mask at 0.5: Dice {float(dice_coef(truth[None, ..., None], probability[None, ..., None])[0]):.3f}\n"
+                  "red: extra, blue: missed")
+for axis in axes:
+    axis.set_xticks([]), axis.set_yticks([])
+figure.suptitle(f"U-Net on validation slice {arrays['names_val'][index]}" + data_label(preprocessing["synthetic"]))
+save_figure(figure, output_dir / "figures" / "03_probability_map.png", preprocessing["synthetic"]);

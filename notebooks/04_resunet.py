@@ -52,7 +52,9 @@ import pandas as pd
 from keras import layers
 
 from lungseg.checks import check_training_settings  # refuses settings that cannot work, before minutes of training
+from lungseg.report import config_table, describe_device, stage_summary  # each run documents itself
 from lungseg.runner import ensure_inputs  # runs 01 and 02 first if their outputs are missing
+from lungseg.training import finish_training  # the best epoch's model and its record, once fit has ended
 
 # %% [markdown]
 # ## Parameters
@@ -81,11 +83,11 @@ ensure_inputs("04", OUTPUT_DIR, IMG_SIZE)
 preprocessing = json.loads((output_dir / "data" / "preprocess.json").read_text())
 with np.load(output_dir / "data" / "arrays.npz") as archive:
     arrays = dict(archive)
-lu.config_table({"OUTPUT_DIR": output_dir, "IMG_SIZE": IMG_SIZE, "EPOCHS": EPOCHS, "BATCH_SIZE": BATCH_SIZE,
-                 "LEARNING_RATE": LEARNING_RATE, "BASE_FILTERS": BASE_FILTERS,
-                 "MIXED_PRECISION": MIXED_PRECISION, "DICE_WEIGHT": DICE_WEIGHT, "SEED": SEED,
-                 "data": preprocessing["data_source"] + lu.data_label(preprocessing["synthetic"]),
-                 "slices": preprocessing["slices"], "device": lu.describe_device()})
+config_table({"OUTPUT_DIR": output_dir, "IMG_SIZE": IMG_SIZE, "EPOCHS": EPOCHS, "BATCH_SIZE": BATCH_SIZE,
+              "LEARNING_RATE": LEARNING_RATE, "BASE_FILTERS": BASE_FILTERS,
+              "MIXED_PRECISION": MIXED_PRECISION, "DICE_WEIGHT": DICE_WEIGHT, "SEED": SEED,
+              "data": preprocessing["data_source"] + lu.data_label(preprocessing["synthetic"]),
+              "slices": preprocessing["slices"], "device": describe_device()})
 
 # %% [markdown]
 # ## The residual block
@@ -136,7 +138,7 @@ def build_resunet(img_size, base_filters, depth=4):
 keras.mixed_precision.set_global_policy("mixed_bfloat16" if MIXED_PRECISION else "float32")  # as in 03_unet
 keras.utils.set_random_seed(SEED)
 model = build_resunet(IMG_SIZE, BASE_FILTERS)
-lu.stage_summary(model)  # model.summary() lists all 95 layers
+stage_summary(model)  # model.summary() lists all 95 layers
 
 # %% [markdown]
 # ## Train exactly as the U-Net
@@ -172,7 +174,7 @@ settings = {**preprocessing, "epochs": EPOCHS, "batch_size": BATCH_SIZE, "learni
             "learning_rate_schedule": "cosine decay to 1%", "base_filters": BASE_FILTERS,
             "mixed_precision": MIXED_PRECISION, "dice_weight": DICE_WEIGHT, "seed": SEED,
             "training_slices": list(arrays["names_train"]), "validation_slices": list(arrays["names_val"])}
-record = lu.finish_training(model, "resunet", models_dir, settings)
+record = finish_training(model, "resunet", models_dir, settings)
 model = keras.saving.load_model(models_dir / "resunet.keras")  # the best epoch, not the last
 print(f"best epoch {record['best_epoch']} of {EPOCHS}: validation IoU {record['best_val_iou']:.4f}, "
       f"Dice {record['best_val_dice']:.4f}; {record['seconds_per_epoch']:.1f} s per epoch on {record['device']}")

@@ -72,7 +72,10 @@ def real_arrays(real_data) -> dict:
     from lungseg.data import find_pairs
 
     pairs = find_pairs(real_data)
-    pairs = pairs.merge(lu.split_slices(pairs.name, seed=0), on="name")
+    from notebook_code import definitions
+
+    split_slices = definitions("02_preprocess", "split_slices")["split_slices"]  # 02's cell
+    pairs = pairs.merge(split_slices(pairs.name, seed=0), on="name")
     arrays = {}
     for split in ("train", "val", "test"):
         part = pairs[pairs.split == split]

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from lungseg_utils import (LungsegError, clean_mask, hd95, lung_measurements, overlap_scores, paired_comparison,
+from lungseg_utils import (LungsegError, clean_mask, hd95, overlap_scores, paired_comparison,
                            pooled_dice, predict_masks, predict_probabilities, preprocess_slice,
                            read_mask, read_slice, resize_mask, score_slice)
 
@@ -77,6 +77,9 @@ def test_holes_are_the_background_that_does_not_reach_the_edge(real_data, real_n
 
 
 def test_lung_measurements_reproduce_lung_stats(real_data, real_names):
+    from notebook_code import definitions
+
+    lung_measurements = definitions("05_evaluate", "lung_measurements")["lung_measurements"]  # 05's cell
     stats = pd.read_csv(real_data / "lung_stats.csv").set_index("img_id")
     for name in real_names[:10]:
         values = lung_measurements(read_slice(real_data / "2d_images" / name),

@@ -13,12 +13,18 @@ import pytest
 import tensorflow as tf
 
 import lungseg_utils as lu
+from lungseg import scans
 from lungseg.data import dataset_calibration
 from lungseg.checks import check_augmentation
 from lungseg.synthetic import make_phantom
 from lungseg_utils import LungsegError
 
 from conftest import REPO_ROOT
+from notebook_code import definitions
+
+_01 = definitions("01_download", "tissue_peaks", "fit_hu_calibration")  # 01's cells, as a learner reads them
+tissue_peaks, fit_hu_calibration = _01["tissue_peaks"], _01["fit_hu_calibration"]
+add_gas_pockets = definitions("02_preprocess", "add_gas_pockets")["add_gas_pockets"]
 
 EXTERNAL = REPO_ROOT.parent / "shared" / "data" / "external-ct"
 TOTALSEG, CIP = EXTERNAL / "totalsegmentator-examples", EXTERNAL / "cip-copdgene-64"
@@ -39,24 +45,24 @@ def _benchmark():
 
 # --------------------------------------------------------------------------- calibration
 def test_the_kaggle_slices_are_stored_at_about_0_8_times_hu(real_data, real_names):
-    peaks = lu.tissue_peaks(lu.read_slice(real_data / "2d_images" / n) for n in real_names[::4])
+    peaks = tissue_peaks(lu.read_slice(real_data / "2d_images" / n) for n in real_names[::4])
     assert -830 < peaks["outside air"] < -770 and -95 < peaks["fat"] < -65 and 15 < peaks["soft tissue"] < 45
-    calibration = lu.fit_hu_calibration(peaks)
+    calibration = fit_hu_calibration(peaks)
     assert 1.2 < calibration["scale"] < 1.3 and abs(calibration["offset"]) < 20
     calibrated = [lu.to_standard_hu(lu.read_slice(real_data / "2d_images" / n), calibration) for n in real_names[::8]]
-    again = lu.fit_hu_calibration(lu.tissue_peaks(calibrated))  # calibrated slices need no more calibration
+    again = fit_hu_calibration(tissue_peaks(calibrated))  # calibrated slices need no more calibration
     assert again["scale"] == pytest.approx(1.0, abs=0.03) and abs(again["offset"]) < 10
 
 
 def test_standard_hu_data_are_left_as_they_are():
     rng = np.random.default_rng(1)
-    calibration = lu.fit_hu_calibration(lu.tissue_peaks(make_phantom(rng)[0] for _ in range(6)))  # phantoms: standard HU
+    calibration = fit_hu_calibration(tissue_peaks(make_phantom(rng)[0] for _ in range(6)))  # phantoms: standard HU
     assert calibration["scale"] == pytest.approx(1.0, abs=0.02) and abs(calibration["offset"]) < 5
 
 
 def test_no_calibration_without_anchors():
     flat = [np.full((128, 128), 40, np.int16)]  # no air, no fat: nothing to fit
-    calibration = lu.fit_hu_calibration(lu.tissue_peaks(flat))
+    calibration = fit_hu_calibration(tissue_peaks(flat))
     assert (calibration["scale"], calibration["offset"]) == (1.0, 0.0) and "left as they are" in calibration["note"]
 
 
@@ -99,13 +105,13 @@ def test_the_default_intensity_augmentation_runs_in_tf_data_and_keeps_masks_bina
 def test_gas_pockets_go_into_soft_tissue_away_from_the_lungs_and_leave_the_mask(real_data, real_names):
     image = lu.preprocess_slice(lu.read_slice(real_data / "2d_images" / real_names[3]), 256, -1000, 400)
     mask = lu.resize_mask(lu.read_mask(real_data / "2d_masks" / real_names[3]), 256)
-    with_gas = lu.add_gas_pockets(image, mask, np.random.default_rng(0), count=(3, 3))
+    with_gas = add_gas_pockets(image, mask, np.random.default_rng(0), count=(3, 3))
     changed = np.abs(with_gas - image) > 0.05
     assert changed.sum() > 30 and 0 <= with_gas.min() and with_gas.max() <= 1
     assert not (changed & mask.astype(bool)).any()  # never on the lung
     assert np.median(with_gas[changed]) * 1400 - 1000 < -850  # gas
     assert np.median(image[changed]) * 1400 - 1000 > -300  # where there was tissue
-    np.testing.assert_array_equal(lu.add_gas_pockets(image, mask, np.random.default_rng(0), count=(3, 3)), with_gas)
+    np.testing.assert_array_equal(add_gas_pockets(image, mask, np.random.default_rng(0), count=(3, 3)), with_gas)
 
 
 @pytest.mark.parametrize("key, value", [("hu_scale", 1.5), ("blur_sigma", 2.0), ("noise_hu", -1.0), ("hu_shift", "50"),
@@ -119,18 +125,18 @@ def test_augmentation_settings_that_cannot_work_are_refused(key, value):
 @pytest.fixture(scope="module")
 def cip_scan():
     _external()
-    return lu.find_scans(CIP / "ct-64Dicom")[0][1]()
+    return scans.find_scans(CIP / "ct-64Dicom")[0][1]()
 
 
 def _reference_in_model_axes(scan):
     """CIP's reference lung mask on the scan's grid, in the model's axes (what a perfect model gives)."""
     benchmark = _benchmark()
     reference, affine = benchmark.read_reference(CIP / "wholeLung-64.nrrd")
-    grid = lu.from_model_axes(np.zeros(scan.hu.shape, np.uint8), scan.orientation)
+    grid = scans.from_model_axes(np.zeros(scan.hu.shape, np.uint8), scan.orientation)
     on_grid = benchmark.onto_grid(reference, affine, grid.shape, scan.affine)
     import nibabel as nib
 
-    back = nib.orientations.ornt_transform(scan.orientation, nib.orientations.axcodes2ornt(lu.MODEL_AXES))
+    back = nib.orientations.ornt_transform(scan.orientation, nib.orientations.axcodes2ornt(scans.MODEL_AXES))
     return nib.orientations.apply_orientation(on_grid, back).transpose(2, 1, 0).astype(np.uint8)
 
 
@@ -148,12 +154,12 @@ def test_the_3d_step_removes_gas_below_and_air_beside_real_lungs_and_keeps_both_
     outside = np.zeros_like(pocket)
     outside[with_lung[5]:with_lung[5] + 6, 1:4, 1:6] = True  # air beside the body, inside the field of view
     assert (hu[outside] < -900).all()
-    scan = lu.Scan(scan.name, "volume", hu, scan.pixel_spacing_mm, scan.slice_thickness_mm, scan.affine,
+    scan = scans.Scan(scan.name, "volume", hu, scan.pixel_spacing_mm, scan.slice_thickness_mm, scan.affine,
                    scan.orientation)
-    kept = lu.keep_lungs(lungs | pocket | outside, scan)
+    kept = scans.keep_lungs(lungs | pocket | outside, scan)
     assert not kept[pocket].any() and not kept[outside].any()
     np.testing.assert_array_equal(kept, lungs)  # every lung voxel stays
-    labels = lu.split_lungs(kept)
+    labels = scans.split_lungs(kept)
     assert (labels == 1).sum() > 0.3 * kept.sum() and (labels == 2).sum() > 0.3 * kept.sum()
 
 
@@ -162,23 +168,23 @@ def test_the_3d_step_drops_lung_like_specks_and_keeps_large_parts(cip_scan):
     z = np.flatnonzero(lungs.any(axis=(1, 2)))[30]
     separate = lungs.copy()
     separate[z] = 0  # the lungs cut in two at one slice: both parts are large, both stay
-    np.testing.assert_array_equal(lu.keep_lungs(separate, cip_scan), separate)
+    np.testing.assert_array_equal(scans.keep_lungs(separate, cip_scan), separate)
     hu = cip_scan.hu.copy()
     speck = np.zeros_like(lungs)
     body = np.argwhere((hu[z] > -200) & ~lungs[z].astype(bool))
     row, column = body[len(body) // 2]
     speck[z, row:row + 2, column:column + 2] = 1  # a lung-like speck in soft tissue
     hu[speck.astype(bool)] = -850
-    scan = lu.Scan("speck", "volume", hu, cip_scan.pixel_spacing_mm, cip_scan.slice_thickness_mm)
-    np.testing.assert_array_equal(lu.keep_lungs(lungs | speck, scan), lungs)
-    assert lu.keep_lungs(np.zeros_like(lungs), scan).sum() == 0
+    scan = scans.Scan("speck", "volume", hu, cip_scan.pixel_spacing_mm, cip_scan.slice_thickness_mm)
+    np.testing.assert_array_equal(scans.keep_lungs(lungs | speck, scan), lungs)
+    assert scans.keep_lungs(np.zeros_like(lungs), scan).sum() == 0
 
 
 def test_no_lungs_found_on_the_abdomen_series(tmp_path):
     _external()
     model, record = lu.load_trained_model(COMMITTED)
     lines = []
-    table = lu.predict_scans(model, record, TOTALSEG / "example_ct_dicom", tmp_path / "out", log=lines.append)
+    table = scans.predict_scans(model, record, TOTALSEG / "example_ct_dicom", tmp_path / "out", log=lines.append)
     assert "no lungs found" in table.note.iloc[0] and table.lung_volume_ml.iloc[0] < 20
     assert any("no lungs found" in line and "chest CT" in line for line in lines)
     saved = json.loads((tmp_path / "out" / "measurements.json").read_text())

@@ -9,7 +9,12 @@ import pytest
 from scipy import ndimage
 
 from lungseg.data import find_pairs
-from lungseg_utils import LungsegError, audit_labels, audit_mask, kfold_split, read_mask, read_slice
+from lungseg.data import kfold_split, read_split_manifest
+from lungseg_utils import LungsegError, read_mask, read_slice
+from notebook_code import definitions
+
+_01 = definitions("01_download", "audit_mask", "audit_labels", "read_slice")  # 01's cells, as a learner reads them
+audit_mask, audit_labels = _01["audit_mask"], _01["audit_labels"]
 
 SOUND = "ID_0000_Z_0142.tif"  # a slice whose mask is sound, with two lungs
 
@@ -99,7 +104,7 @@ def test_kfold_tests_every_slice_once_and_never_on_seen_slices(real_names):
 
 @pytest.mark.parametrize("fold, folds", [(5, 5), (-1, 5), (0, 1), (0, 1000), ("0", 5)])
 def test_folds_that_do_not_exist(real_names, fold, folds):
-    with pytest.raises(LungsegError, match="FOLD="):
+    with pytest.raises(LungsegError, match="folds"):
         kfold_split(real_names, fold, folds)
 
 
@@ -125,7 +130,11 @@ def test_train_on_flagged_false_keeps_the_flagged_masks_out_of_training_only(rea
     runs = {}
     for train_on_flagged in (True, False):
         output = _outputs_of_01(real_data, real_names, tmp_path / str(train_on_flagged))
-        run_cells("02_preprocess", {"OUTPUT_DIR": str(output), "IMG_SIZE": 32, "FOLD": fold,
+        manifest = ""
+        if fold is not None:  # a cross-validation fold, as benchmarks/crossval.py gives it
+            manifest = tmp_path / f"fold_{fold}.csv"
+            kfold_split(pd.read_csv(output / "data" / "pairs.csv").name, fold).to_csv(manifest, index=False)
+        run_cells("02_preprocess", {"OUTPUT_DIR": str(output), "IMG_SIZE": 32, "SPLIT_MANIFEST": str(manifest),
                                     "TRAIN_ON_FLAGGED": train_on_flagged})
         with np.load(output / "data" / "arrays.npz") as arrays:
             names = {part: set(arrays[f"names_{part}"]) for part in ("train", "val", "test")}
@@ -149,3 +158,17 @@ def test_train_on_flagged_false_without_the_audit_says_to_run_01(real_data, real
     (output / "data" / "label_audit.csv").unlink()  # outputs of a version of 01 before the audit
     with pytest.raises(LungsegError, match="TRAIN_ON_FLAGGED=False needs 01's label audit.*run 01_download again"):
         run_cells("02_preprocess", {"OUTPUT_DIR": str(output), "IMG_SIZE": 32, "TRAIN_ON_FLAGGED": False})
+
+
+def test_a_split_manifest_must_name_exactly_these_slices(real_names, tmp_path):
+    manifest = kfold_split(real_names, 1)
+    manifest.sample(frac=1, random_state=0).to_csv(tmp_path / "fold.csv", index=False)  # any row order
+    assert read_split_manifest(tmp_path / "fold.csv", real_names).equals(manifest)
+    with pytest.raises(LungsegError, match="SPLIT_MANIFEST='.*missing.csv' does not exist"):
+        read_split_manifest(tmp_path / "missing.csv", real_names)
+    manifest.iloc[1:].to_csv(tmp_path / "short.csv", index=False)
+    with pytest.raises(LungsegError, match="not exactly these"):
+        read_split_manifest(tmp_path / "short.csv", real_names)
+    manifest.assign(split=manifest.split.replace("val", "validation")).to_csv(tmp_path / "odd.csv", index=False)
+    with pytest.raises(LungsegError, match="each split train, val or test"):
+        read_split_manifest(tmp_path / "odd.csv", real_names)

@@ -10,6 +10,7 @@ import pydicom
 import pytest
 
 import lungseg_utils as lu
+from lungseg import scans
 from lungseg.dicom import write_dicom_series
 from lungseg_utils import LungsegError
 
@@ -20,7 +21,7 @@ from conftest import REPO_ROOT
 def _predict(committed, source, output, **options):
     lines = []
     model, record = committed
-    table = lu.predict_scans(model, record, source, output, model_name="resunet", log=lines.append, **options)
+    table = scans.predict_scans(model, record, source, output, model_name="resunet", log=lines.append, **options)
     return table, "\n".join(lines)
 
 
@@ -266,7 +267,7 @@ def test_an_interrupted_run_keeps_the_rows_of_the_scans_it_finished(committed, r
     for name in real_names[:2]:
         (folder / name).write_bytes((real_data / "2d_images" / name).read_bytes())
     with pytest.raises(KeyboardInterrupt):
-        lu.predict_scans(InterruptedLater(), record, folder, tmp_path / "out", log=lambda line: None)
+        scans.predict_scans(InterruptedLater(), record, folder, tmp_path / "out", log=lambda line: None)
     assert pd.read_csv(tmp_path / "out" / "measurements.csv").name.tolist() == [real_names[0]]
     saved = json.loads((tmp_path / "out" / "measurements.json").read_text())
     assert f"{real_names[0]}_mask.png" in saved["outputs"]

@@ -1,4 +1,4 @@
-"""Your own CT: `scripts/predict.sh` and `lu.predict_scans` on a real DICOM series from another
+"""Your own CT: `scripts/predict.sh` and `scans.predict_scans` on a real DICOM series from another
 collection (LIDC-IDRI), on DICOM series and NIfTI volumes the tests build from real Kaggle slices
 (rescale slope/intercept, shuffled files, a localizer, uneven spacing, a flipped orientation), and on
 the bad input users give."""
@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 import lungseg_utils as lu
+from lungseg import scans
 from lungseg.dicom import write_dicom_series
 from lungseg_utils import LungsegError
 
@@ -26,13 +27,13 @@ COMMITTED = REPO_ROOT / "models" / "resunet.keras"
 
 def _predict(committed, source, output, **options):
     model, record = committed
-    return lu.predict_scans(model, record, source, output, model_name="resunet", log=lambda line: None, **options)
+    return scans.predict_scans(model, record, source, output, model_name="resunet", log=lambda line: None, **options)
 
 
 def _said(committed, source, output, **options):
     lines = []
     model, record = committed
-    table = lu.predict_scans(model, record, source, output, log=lines.append, **options)
+    table = scans.predict_scans(model, record, source, output, log=lines.append, **options)
     return table, "\n".join(lines)
 
 
@@ -96,8 +97,8 @@ def test_a_dicom_series_with_slope_intercept_shuffled_files_and_a_localizer(comm
     assert labels.shape == (512, 512, 6)
     model, record = committed
     masks = lu.predict_masks(model, slices, record, postprocess=True)  # the slices in HU, in position order
-    scan = lu.find_scans(series)[0][1]()
-    expected = lu.keep_lungs(np.stack(masks), scan)  # then the 3D step keeps what can be lung
+    scan = scans.find_scans(series)[0][1]()
+    expected = scans.keep_lungs(np.stack(masks), scan)  # then the 3D step keeps what can be lung
     for k in range(6):
         np.testing.assert_array_equal(labels[..., k].T > 0, expected[k].astype(bool))
     assert row.lung_volume_ml == pytest.approx(sum(m.sum() for m in expected) * 0.7 * 0.7 * 2.5 / 1000)
@@ -152,10 +153,10 @@ def test_right_and_left_when_the_lungs_touch():
     mask = np.zeros((2, 40, 60), np.uint8)
     mask[:, 5:35, 5:28] = 1  # the patient's right lung: the image's left
     mask[:, 5:35, 31:50] = 1
-    labels = lu.split_lungs(mask)
+    labels = scans.split_lungs(mask)
     assert (labels[:, :, 5:28][mask[:, :, 5:28] > 0] == 1).all() and (labels[:, :, 31:50][mask[:, :, 31:50] > 0] == 2).all()
     mask[:, 15:18, 28:31] = 1  # a bridge: one connected region
-    labels = lu.split_lungs(mask)
+    labels = scans.split_lungs(mask)
     assert set(np.unique(labels[:, :, 5:28])) == {0, 1} and set(np.unique(labels[:, :, 32:50])) == {0, 2}
     assert (labels > 0).sum() == mask.sum()
 

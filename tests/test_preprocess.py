@@ -6,7 +6,10 @@ from conftest import split_sizes
 import pytest
 
 from lungseg_utils import (LungsegError, augment_pair, check_img_size, make_augmenter, make_dataset, preprocess_slice,
-                           read_mask, read_slice, resize_mask, split_slices, window_hu)
+                           read_mask, read_slice, resize_mask, window_hu)
+from notebook_code import definitions
+
+split_slices = definitions("02_preprocess", "split_slices")["split_slices"]  # 02's cell, as a learner reads it
 
 
 def test_window_maps_the_hu_range_to_unit_interval():

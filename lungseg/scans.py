@@ -1,0 +1,487 @@
+"""Your own CT scans: read a DICOM series, a NIfTI volume or slices in HU, segment them slice by slice
+with a trained model, judge the mask in 3D, split it into right and left lung, and write the mask,
+a preview and the measurements. ``bash scripts/predict.sh INPUT [OUTPUT_DIR]`` calls
+:func:`predict_scans`; notebook 05 shows the idea in a few cells, this module does it for any scan.
+
+Three things matter before a 2D model can segment a volume:
+
+1. **Hounsfield units.** DICOM stores raw numbers; RescaleSlope and RescaleIntercept turn them into
+   HU. A model trained on HU sees nothing in unconverted numbers, so anything that cannot be HU is
+   refused.
+2. **Geometry.** A volume's voxels sit in the patient through its affine (NIfTI) or its Image
+   Position / Orientation (DICOM). The slices are ordered along the slice normal (not by file name),
+   spaced by their real positions (not SliceThickness), and turned the way the model saw its
+   training slices: axial, the patient's right on the image's left, front at the top. The mask is
+   turned back, so that it lies on the input voxel for voxel.
+3. **Right and left lung.** Labels 1 = right lung, 2 = left lung; the patient's left-right axis comes
+   from the geometry (:func:`split_lungs`).
+
+(``nibabel`` reads NIfTI, ``pydicom`` DICOM.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from lungseg.files import is_dicom
+from lungseg.report import library_versions
+from lungseg_utils import (IMAGE_SUFFIXES, LungsegError, _probabilities, check_hu, check_settings, clean_mask,
+                           read_slice, show_pairs, window_hu)
+
+
+@dataclass
+class Scan:
+    """A CT slice or volume in HU as the model sees it: ``hu[slice, row, column]``, rows from front to
+    back, columns from the patient's right to left; with its voxel size and how to put a mask back."""
+    name: str
+    kind: str  # "slice" or "volume"
+    hu: np.ndarray
+    pixel_spacing_mm: tuple | None  # (row, column) spacing; None when the file does not say (TIFF, PNG)
+    slice_thickness_mm: np.ndarray | None = None  # per slice, from the real positions (volumes)
+    affine: np.ndarray | None = None  # the input's NIfTI affine (RAS), for the mask file
+    orientation: np.ndarray | None = None  # the input's axes, as nibabel's io_orientation gives them
+    source: str = ""
+    notes: list = field(default_factory=list)
+
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+MODEL_AXES = ("L", "P", "S")  # nibabel axis codes of (column, row, slice) as the model was trained
+
+
+def _to_model_axes(data: np.ndarray, affine: np.ndarray):
+    """Reorient a volume (array axes as its affine says) to hu[slice, row, column] in MODEL_AXES."""
+    import nibabel as nib
+
+    orientation = nib.orientations.io_orientation(affine)
+    transform = nib.orientations.ornt_transform(orientation, nib.orientations.axcodes2ornt(MODEL_AXES))
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    zooms = zooms[np.argsort(transform[:, 0])]  # in the order (column, row, slice)
+    hu = nib.orientations.apply_orientation(data, transform).transpose(2, 1, 0)
+    return hu, zooms, orientation
+
+
+def from_model_axes(mask: np.ndarray, orientation: np.ndarray) -> np.ndarray:
+    """The inverse of the reorientation: a mask[slice, row, column] back into the input's own array axes."""
+    import nibabel as nib
+
+    transform = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(MODEL_AXES), orientation)
+    return nib.orientations.apply_orientation(mask.transpose(2, 1, 0), transform)
+
+
+def read_nifti(path) -> Scan:
+    """A NIfTI volume in HU (its scaling applied), in the model's orientation whatever the file's."""
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        image = nib.load(path)
+        data = image.get_fdata(dtype=np.float32)
+    except Exception as error:
+        raise LungsegError(f"{path}: unreadable NIfTI ({type(error).__name__}: {error}). Re-export it.") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise LungsegError(f"{path}: a NIfTI of shape {data.shape}; a CT volume has three dimensions.")
+    axes = image.affine[:3, :3]
+    voxel_mm3 = abs(np.linalg.det(axes)) if np.all(np.isfinite(axes)) else 0.0
+    if voxel_mm3 < 1e-6:
+        raise LungsegError(f"{path}: its affine (voxel to world) is {'singular' if np.all(np.isfinite(axes)) else 'not finite'}"
+                           ", so its voxels have no size or place. Re-export it with its geometry (e.g. dcm2niix).")
+    hu, zooms, orientation = _to_model_axes(data, image.affine)
+    name = path.name[: -len(next(s for s in NIFTI_SUFFIXES if path.name.lower().endswith(s)))]
+    notes = []
+    if not int(image.header["qform_code"]) and not int(image.header["sform_code"]):
+        notes.append(f"{path}: no qform or sform code, so its orientation is not known: right and left (labels 1 "
+                     "and 2) are a guess. Export it with its orientation (e.g. dcm2niix).")
+    directions = axes / np.linalg.norm(axes, axis=0)
+    if np.abs(directions.T @ directions - np.eye(3)).max() > 1e-3:  # sheared, e.g. a gantry tilt kept in the affine
+        notes.append(f"{path}: its affine is sheared (a gantry tilt?): volumes use the true voxel volume, "
+                     f"{voxel_mm3:.3f} mm³.")
+    thickness = voxel_mm3 / (zooms[0] * zooms[1])  # along the slice normal, not the length of the third axis
+    return Scan(name, "volume", hu, (float(zooms[1]), float(zooms[0])), np.full(hu.shape[0], float(thickness)),
+                image.affine, orientation, str(path), notes)
+
+
+CT_IMAGE_STORAGE = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1")  # CT, enhanced CT
+
+
+def dicom_pixel_spacing(header, source, pixel_spacing_mm: float | None = None, notes: list | None = None):
+    """(row, column) spacing in mm: PixelSpacing; else ImagerPixelSpacing (said); else ``pixel_spacing_mm``
+    (said); else None. A wrong pixel size would put every volume off by its square."""
+    for key in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = header.get(key)
+        if value and len(value) == 2 and all(float(v) > 0 for v in value):
+            if key != "PixelSpacing" and notes is not None:
+                notes.append(f"{source}: no PixelSpacing; its {key} ({float(value[0]):g} x {float(value[1]):g} mm) is used.")
+            return float(value[0]), float(value[1])
+    if pixel_spacing_mm:
+        if notes is not None:
+            notes.append(f"{source}: no PixelSpacing; --pixel-spacing {pixel_spacing_mm:g} mm is used.")
+        return float(pixel_spacing_mm), float(pixel_spacing_mm)
+    return None
+
+
+def read_dicom_series(files, name: str, pixel_spacing_mm: float | None = None) -> Scan:
+    """One DICOM series as a volume in HU. ``files``: (path, header) pairs of one Series Instance UID.
+    Localizers (scouts) are left out, slices ordered along the slice normal and spaced by their Image
+    Position (Patient), RescaleSlope/Intercept applied. One slice left: a slice, not a volume."""
+    notes = []
+    def frame(header):
+        return tuple(np.round(np.asarray(header.get("ImageOrientationPatient") or [1, 0, 0, 0, 1, 0], float), 3)), \
+            header.get("Rows"), header.get("Columns")
+    common = pd.Series([frame(h) for _, h in files]).value_counts().index[0]
+    kept = []
+    for path, header in files:
+        if "LOCALIZER" in [str(v).upper() for v in header.get("ImageType") or []] or frame(header) != common:
+            notes.append(f"{path}: a localizer (scout) or an image of another orientation or size: left out.")
+        else:
+            kept.append((path, header))
+    missing = [str(path) for path, header in kept if header.get("ImagePositionPatient") is None]
+    if missing and len(kept) > 1:
+        raise LungsegError(f"{missing[0]}: no Image Position (Patient), so its slices cannot be placed. Export the "
+                           "series with its geometry, or as NIfTI.")
+    row_direction, column_direction = np.array(common[0][:3]), np.array(common[0][3:])
+    normal = np.cross(row_direction, column_direction)
+    origins = np.array([np.asarray(h.get("ImagePositionPatient") or [0, 0, 0], float) for _, h in kept])
+    order = np.argsort(origins @ normal, kind="stable")
+    kept, origins = [kept[i] for i in order], origins[order]
+    positions = origins @ normal
+    gaps = np.diff(positions)
+    if len(gaps) and gaps.min() < 0.01:
+        twin = kept[int(np.argmin(gaps)) + 1][0]
+        raise LungsegError(f"{twin}: at the same position as another slice of series {name}; a series has one slice "
+                           "per position. Remove the duplicate (or choose one series with --series).")
+    if len(gaps) and gaps.max() - gaps.min() > 0.01 * np.median(gaps) + 0.01:
+        notes.append(f"{name}: uneven slice spacing ({gaps.min():.2f}..{gaps.max():.2f} mm): volumes use each "
+                     "slice's real position; the mask file's affine has the mean spacing.")
+    slices = []
+    for path, header in kept:
+        slices.append(read_slice(path))  # stored values * RescaleSlope + RescaleIntercept: HU
+    spacing = dicom_pixel_spacing(kept[0][1], kept[0][0], pixel_spacing_mm, notes)  # (between rows, between columns)
+    if spacing is None and len(kept) > 1:
+        raise LungsegError(f"{kept[0][0]}: no PixelSpacing (nor ImagerPixelSpacing), so the lungs cannot be measured "
+                           "in mL. Give the pixel size with --pixel-spacing MM, or export the series with its geometry.")
+    if len(kept) == 1:
+        notes.append(f"{kept[0][0]}: a series of one slice: segmented as a slice.")
+        return Scan(kept[0][0].name, "slice", slices[0][None], spacing, source=str(kept[0][0]), notes=notes)
+    step = (origins[-1] - origins[0]) / (len(kept) - 1)
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row_direction * spacing[1], column_direction * spacing[0], step, origins[0]
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM's patient axes are LPS, NIfTI's RAS
+    hu, zooms, orientation = _to_model_axes(np.stack(slices, axis=-1).transpose(1, 0, 2), affine)
+    thickness = np.full(hu.shape[0], zooms[2])
+    if orientation[2, 0] == 2:  # axial slices: each keeps its real spacing (half the gaps to its neighbours)
+        neighbours = np.concatenate([[gaps[0]], (gaps[:-1] + gaps[1:]) / 2, [gaps[-1]]])
+        thickness = neighbours if orientation[2, 1] == 1 else neighbours[::-1]  # the model's slices go up (S)
+    return Scan(name, "volume", hu, (float(zooms[1]), float(zooms[0])), thickness, affine, orientation,
+                str(kept[0][0].parent), notes)
+
+
+
+# Which files make which scans: a NIfTI file is a volume; DICOM files are grouped by Series Instance
+# UID and the largest series is the volume (`series` picks another); TIFF, PNG and single DICOM
+# files are slices. Other files in a folder (notes, checksums) are passed over; a JPEG is refused,
+# since 8 bits cannot hold HU.
+
+
+NOT_HU_SUFFIXES = (".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def _refuse(message):
+    def read():
+        raise LungsegError(message)
+    return read
+
+
+def read_image_slice(path) -> Scan:
+    """A TIFF, 16-bit PNG or single DICOM slice as a one-slice Scan (DICOM knows its pixel spacing)."""
+    path = Path(path)
+    spacing, notes = None, []
+    if is_dicom(path):
+        import pydicom
+
+        spacing = dicom_pixel_spacing(pydicom.dcmread(path, stop_before_pixels=True), path, notes=notes)
+    return Scan(path.name, "slice", read_slice(path)[None], spacing, source=str(path), notes=notes)
+
+
+def find_scans(input_path, series: str | None = None, pixel_spacing_mm: float | None = None, exclude=()) -> list:
+    """The scans in ``input_path`` (a slice, a NIfTI file, or a folder, searched with its subfolders, of
+    DICOM files, slices or NIfTI files; a CD's DICOMDIR index and the files in ``exclude`` are passed
+    over) as (source, read) pairs: ``read()`` returns a Scan or raises LungsegError naming the file."""
+    import pydicom
+
+    path = Path(input_path).expanduser()
+    if not path.exists():
+        raise LungsegError(f"{path} does not exist. Give a CT slice, a NIfTI file, or a folder of DICOM files or slices.")
+    exclude = {Path(p).resolve() for p in exclude}
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        and p.resolve() not in exclude)
+    scans, dicoms = [], {}
+    for file in files:
+        suffix = file.suffix.lower()
+        if file.name.upper() == "DICOMDIR":  # a CD's index of its files, not an image
+            continue
+        if file.name.lower().endswith(NIFTI_SUFFIXES):
+            scans.append((file, lambda file=file: read_nifti(file)))
+        elif is_dicom(file):
+            try:
+                header = pydicom.dcmread(file, stop_before_pixels=True, force=True)
+            except Exception as error:
+                scans.append((file, _refuse(f"{file}: unreadable DICOM ({type(error).__name__}). Re-export it.")))
+                continue
+            modality, sop_class = header.get("Modality"), str(header.get("SOPClassUID") or "")
+            if (modality and modality != "CT") or (not modality and sop_class and sop_class not in CT_IMAGE_STORAGE):
+                scans.append((file, _refuse(f"{file}: a {modality or 'non-CT'} image, not CT: the models segment CT in HU.")))
+                continue
+            if int(header.get("NumberOfFrames") or 1) > 1:
+                scans.append((file, _refuse(f"{file}: an enhanced multi-frame CT ({header.NumberOfFrames} frames in one "
+                                            "file), which lungseg does not read: convert it to NIfTI (e.g. dcm2niix) "
+                                            "or to single-frame DICOM, and give that.")))
+                continue
+            dicoms.setdefault(str(header.get("SeriesInstanceUID") or "unknown"), []).append((file, header))
+        elif suffix in IMAGE_SUFFIXES:
+            scans.append((file, lambda file=file: read_image_slice(file)))
+        elif suffix in NOT_HU_SUFFIXES:
+            scans.append((file, _refuse(f"{file}: a {suffix[1:].upper()} image has 8 bits and cannot hold Hounsfield "
+                                        "units (HU). Export the CT as DICOM, NIfTI, int16 TIFF or 16-bit PNG (HU+1024).")))
+        elif path.is_file():
+            scans.append((file, _refuse(f"{file}: not a CT file lungseg reads (DICOM, NIfTI, TIFF, 16-bit PNG).")))
+    if series is not None and series not in dicoms:
+        raise LungsegError(f"--series {series}: no such series in {path}; found {', '.join(dicoms) or 'no DICOM series'}.")
+    volumes = {uid: files for uid, files in dicoms.items() if len(files) > 1}
+    if series is not None or volumes:
+        chosen = series or max(volumes, key=lambda uid: len(volumes[uid]))
+        name = (path.resolve().name if path.is_dir() else path.stem) or "scan"  # "." is named after its folder
+        others = [f"{path}: also holds series {uid} ({len(files)} files), not segmented; series={uid!r} "
+                  f"(--series {uid}) chooses it." for uid, files in dicoms.items() if uid != chosen]
+
+        def read(files=dicoms[chosen]):
+            scan = read_dicom_series(files, name, pixel_spacing_mm)
+            scan.notes += others
+            return scan
+        scans.append((path, read))
+    else:  # single DICOM slices, each its own series
+        singles = [file for files in dicoms.values() for file, _ in files]
+        note = (f"{path}: {len(singles)} DICOM files, each with its own Series Instance UID: segmented as separate "
+                "slices. If they are one scan, export them as one series (or as NIfTI).") if len(singles) > 2 else None
+
+        def read_single(file, first):
+            scan = read_image_slice(file)
+            scan.notes += [note] if note and first else []
+            return scan
+        scans += [(file, lambda file=file, first=(k == 0): read_single(file, first)) for k, file in enumerate(singles)]
+    if not scans:
+        raise LungsegError(f"{path}: holds no CT files (DICOM, NIfTI, TIFF or 16-bit PNG). Point INPUT at a DICOM "
+                           "series folder, a NIfTI file, or a folder of slices.")
+    return scans
+
+
+# Segmenting a scan is segmenting its slices, in batches, as notebook 05 does for the test slices.
+# A 2D model sees one slice at a time, so below the lungs it may mark gas in the stomach and bowel,
+# and beside the body the air by the arms or hips. A volume shows what a slice cannot: the lungs are
+# the large connected air-filled organs inside the body. So a volume's mask is judged in 3D, as
+# lungmask does: connected regions (SciPy's `ndimage.label`) are kept only if they lie inside the
+# body, hold lung tissue (not pure gas: their median is above -970 HU; lung, even emphysematous,
+# has vessels and walls) and are at least a tenth of the largest one. A volume with under 20 mL of
+# lung left is reported as "no lungs found". Then the lung voxels are told right from left.
+
+
+def split_lungs(mask: np.ndarray) -> np.ndarray:
+    """Label a lung mask[slice, row, column] (columns from the patient's right to left): 1 right, 2 left.
+    The split column is the one with the fewest lung voxels in the middle 40% of the lungs' width; a
+    connected region lying (95%) on one side gets that side, one crossing it (touching lungs) is cut there."""
+    mask = np.asarray(mask).astype(bool)
+    labels = np.zeros(mask.shape, np.uint8)
+    if not mask.any():
+        return labels
+    profile = mask.sum(axis=(0, 1))
+    columns = np.flatnonzero(profile)
+    low, high = columns[0], columns[-1]
+    band = np.arange(low + int(0.3 * (high - low)), high - int(0.3 * (high - low)) + 1)
+    split = band[np.lexsort((np.abs(band - (low + high) / 2), profile[band]))[0]]  # fewest voxels, then central
+    regions, _ = ndimage.label(mask)
+    for index, box in enumerate(ndimage.find_objects(regions), start=1):
+        inside = regions[box] == index
+        column = np.arange(box[2].start, box[2].stop)[None, None, :]
+        right_share = np.count_nonzero(inside & (column < split)) / np.count_nonzero(inside)
+        side = 1 if right_share >= 0.95 else 2 if right_share <= 0.05 else np.where(column < split, 1, 2)
+        labels[box][inside] = np.broadcast_to(side, inside.shape)[inside]
+    return labels
+
+
+def keep_lungs(mask: np.ndarray, scan: Scan, min_share: float = 0.1, gas_hu: float = -970.0) -> np.ndarray:
+    """The connected regions of a volume's mask[slice, row, column] that can be lung: mostly inside the
+    body (each slice's outline of tissue above -500 HU, holes filled), not pure gas (less than half of
+    the region at or below ``gas_hu``: its median lies above) and at least ``min_share`` of the largest
+    such region's volume. Counted slice by slice, so a large scan needs little memory beyond its labels."""
+    regions, found = ndimage.label(mask)
+    if not found:
+        return mask.astype(np.uint8)
+    volume, inside, gas = np.zeros(found + 1), np.zeros(found + 1), np.zeros(found + 1)  # mL per region
+    voxel_ml = scan.slice_thickness_mm * np.prod(scan.pixel_spacing_mm) / 1000
+    for k in np.flatnonzero(np.any(mask, axis=(1, 2))):  # the slices with lung found
+        labels = regions[k]
+        volume += np.bincount(labels.ravel(), minlength=found + 1) * voxel_ml[k]
+        inside += np.bincount(labels[ndimage.binary_fill_holes(scan.hu[k] > -500)], minlength=found + 1) * voxel_ml[k]
+        gas += np.bincount(labels[scan.hu[k] <= gas_hu], minlength=found + 1) * voxel_ml[k]
+    lung_like = (inside >= 0.5 * volume) & (gas < 0.5 * volume)
+    lung_like[0] = False  # label 0 is the background
+    keep = lung_like & (volume >= min_share * volume[lung_like].max(initial=0))
+    return keep[regions].astype(np.uint8)
+
+
+NO_LUNG_ML = 20.0  # less lung than this in a volume: "no lungs found"
+
+
+def segment_scan(model, scan: Scan, settings: dict, threshold: float = 0.5, postprocess: bool = True,
+                 batch_size: int = 8, progress: bool = False) -> np.ndarray:
+    """Labels[slice, row, column] for a Scan: 0 background, 1 right lung, 2 left lung (a slice: 1 lung)."""
+    from tqdm import tqdm
+
+    check_settings(settings)
+    check_hu(scan.hu, scan.source or scan.name)
+    masks = np.zeros(scan.hu.shape, np.uint8)
+    with tqdm(total=len(scan.hu), desc=scan.name, unit="slice", disable=not progress or scan.kind == "slice") as bar:
+        for start in range(0, len(scan.hu), 4 * batch_size):
+            chunk = list(scan.hu[start:start + 4 * batch_size])
+            for offset, probability in enumerate(_probabilities(model, chunk, settings, batch_size)):
+                mask = (probability >= threshold).astype(np.uint8)
+                masks[start + offset] = clean_mask(mask) if postprocess else mask
+            bar.update(len(chunk))
+    if scan.kind == "slice":
+        return masks
+    return split_lungs(keep_lungs(masks, scan) if postprocess else masks)
+
+
+def scan_measurements(scan: Scan, labels: np.ndarray, pixel_spacing_mm: float | None = None) -> dict:
+    """Lung size (area in mm² for a slice; volumes in mL, right and left, for a volume) and density:
+    mean HU, PD05/PD15/PD95 (HU percentiles) and LAA-950 (% of lung voxels below -950 HU, the
+    emphysema index; PD15 is its density counterpart)."""
+    spacing = scan.pixel_spacing_mm or ((pixel_spacing_mm, pixel_spacing_mm) if pixel_spacing_mm else None)
+    pixel_area = spacing[0] * spacing[1] if spacing else np.nan
+    lung = labels > 0
+    row = {"name": scan.name, "kind": scan.kind, "slices": len(scan.hu), "lung_pixels": int(lung.sum())}
+    if scan.kind == "slice":
+        row["area_mm2"] = lung.sum() * pixel_area
+        if not lung.any():
+            row["note"] = "no lung found: is this a chest CT slice in HU?"
+    else:
+        def millilitres(part):
+            return float((part.sum(axis=(1, 2)) * scan.slice_thickness_mm).sum() * pixel_area / 1000)
+        row.update(lung_volume_ml=millilitres(lung), right_volume_ml=millilitres(labels == 1),
+                   left_volume_ml=millilitres(labels == 2))
+        if row["lung_volume_ml"] < NO_LUNG_ML:
+            row["note"] = f"no lungs found ({row['lung_volume_ml']:.1f} mL): is this a chest CT?"
+    inside = scan.hu[lung].astype(np.float64)
+    percentiles = np.percentile(inside, [5, 15, 95]) if inside.size else [np.nan] * 3
+    row.update(mean_hu=inside.mean() if inside.size else np.nan, pd05_hu=percentiles[0], pd15_hu=percentiles[1],
+               pd95_hu=percentiles[2], laa950_percent=100 * np.mean(inside < -950) if inside.size else np.nan,
+               pixel_spacing_mm=" x ".join(f"{v:g}" for v in spacing) if spacing else "unknown",
+               slice_spacing_mm=float(np.mean(scan.slice_thickness_mm)) if scan.kind == "volume" else np.nan)
+    return row
+
+
+# The whole path for a user, as one function (and one command, `bash scripts/predict.sh INPUT
+# [OUTPUT_DIR]`, which calls it): for each scan a mask (`<name>_mask.nii.gz` for a volume, with the
+# input's affine and array orientation; `<name>_mask.png` for a slice), a preview, and a row of
+# `measurements.csv` / `measurements.json`. An input it cannot use is named in one line and the rest
+# go on. It replaces only files it wrote itself (listed in `measurements.json`), never yours.
+
+
+LABEL_COLOURS = {1: (0.1, 1.0, 0.2), 2: (0.2, 0.5, 1.0)}  # right lung green, left lung blue
+
+
+def mask_overlay(image01: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """RGB picture of a windowed slice with each label tinted (1 green, 2 blue)."""
+    rgb = np.repeat(image01[..., None], 3, axis=-1).astype(np.float32)
+    for label, colour in LABEL_COLOURS.items():
+        rgb[labels == label] = 0.55 * rgb[labels == label] + 0.45 * np.array(colour)
+    return rgb
+
+
+def write_scan_outputs(scan: Scan, labels: np.ndarray, outputs) -> dict:
+    """The mask file (NIfTI for a volume, PNG for a slice) and a preview PNG; returns their paths."""
+    import cv2
+
+    name = scan.name
+    if scan.kind == "volume":
+        import nibabel as nib
+
+        mask_path = outputs.path(f"{name}_mask.nii.gz")
+        image = nib.Nifti1Image(from_model_axes(labels, scan.orientation).astype(np.uint8), scan.affine)
+        image.header.set_xyzt_units("mm")
+        nib.save(image, mask_path)
+    else:
+        mask_path = outputs.path(f"{name}_mask.png")
+        cv2.imwrite(str(mask_path), (labels[0] > 0).astype(np.uint8) * 255)
+    with_lung = np.flatnonzero(labels.any(axis=(1, 2))) if labels.any() else np.arange(len(labels))
+    shown = with_lung[np.linspace(0, len(with_lung) - 1, min(6, len(with_lung))).astype(int)]
+    pictures = [mask_overlay(window_hu(scan.hu[k], -1000, 400), labels[k]) for k in shown]
+    title = f"{name}: right lung green, left lung blue" if scan.kind == "volume" else f"{name}: predicted lung"
+    figure = show_pairs([pictures], [f"slice {k + 1} of {len(labels)}" for k in shown], title=title,
+                        path=outputs.path(f"{name}_preview.png"), size=2.4)
+    plt.close(figure)
+    return {"mask": str(mask_path), "preview": str(outputs.folder / f"{name}_preview.png")}
+
+
+def predict_scans(model, settings: dict, input_path, output_dir, *, threshold: float = 0.5, postprocess: bool = True,
+                  batch_size: int = 8, series: str | None = None, pixel_spacing_mm: float | None = None,
+                  progress: bool = False, model_name: str = "", log=print) -> pd.DataFrame:
+    """Segment the lungs in your CT (see find_scans for what ``input_path`` may be) and write, into
+    ``output_dir``, each scan's mask and preview and ``measurements.csv``/``.json``. Returns the
+    measurements (with rows of earlier runs into the same folder); ``.attrs["problems"]`` lists the
+    inputs that could not be used, ``.attrs["segmented"]`` counts the scans of this call."""
+    from lungseg.outputs import OutputFolder  # never replaces your files; records each scan as it is written
+
+    outputs = OutputFolder(output_dir)
+    record = {"model": model_name or model.name, "threshold": threshold, "postprocess": postprocess,
+              "settings": {key: settings.get(key) for key in ("img_size", "hu_min", "hu_max", "epochs", "base_filters",
+                                                                "best_val_dice", "model_file")},
+              "labels": {"0": "background", "1": "right lung", "2": "left lung (volumes)"},
+              "versions": library_versions()}
+    rows, problems = [], []
+    try:
+        for source, read in find_scans(input_path, series, pixel_spacing_mm, exclude=outputs.own_files()):
+            try:
+                scan = read()
+                for note in scan.notes:
+                    log(" ".join(note.split()))
+                labels = segment_scan(model, scan, settings, threshold, postprocess, batch_size, progress)
+                lung_hu = scan.hu[labels > 0]
+                if lung_hu.size and not -1000 <= lung_hu.mean() <= -200:
+                    raise LungsegError(f"{source}: the lung found has a mean of {lung_hu.mean():.0f} HU, which no lung "
+                                       "has: its values are not HU. Convert it to HU (a 16-bit PNG holds HU+1024; "
+                                       "DICOM needs its rescale slope and intercept).")
+                scan.name = outputs.name_for(scan.name, source)  # two patients' chest.nii.gz: chest, chest-2
+                rows.append({**scan_measurements(scan, labels, pixel_spacing_mm),
+                             **write_scan_outputs(scan, labels, outputs), "input": str(Path(source).resolve())})
+                if "note" in rows[-1]:
+                    log(f"{source}: {rows[-1]['note']}")
+            except LungsegError as error:
+                problems.append(" ".join(str(error).split()))  # one line per input
+                log(f"not segmented: {problems[-1]}")
+            if rows:
+                outputs.save(rows, {**record, "problems": problems})  # each scan recorded as soon as it is done
+        table = outputs.save(rows, {**record, "problems": problems})
+    finally:
+        outputs.close()
+    segmented = len(rows)
+    table.attrs.update(problems=problems, segmented=segmented)
+    return table
+
+
+def read_scan(input_path, series: str | None = None, pixel_spacing_mm: float | None = None) -> Scan:
+    """The one scan in ``input_path`` (a DICOM series folder, a NIfTI file, a slice), read as :func:`find_scans`
+    reads each; a folder of several scans is refused with a pointer to :func:`predict_scans`."""
+    found = find_scans(input_path, series, pixel_spacing_mm)
+    if len(found) > 1:
+        raise LungsegError(f"{input_path} holds {len(found)} scans: give one, or segment them all with predict_scans "
+                           "(bash scripts/predict.sh).")
+    return found[0][1]()
