@@ -1,5 +1,6 @@
 """The README's Results section, rendered by benchmarks/render_results.py from benchmarks/results/*.json."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -58,11 +59,15 @@ def test_commands_name_the_data_folder_portably():
         "python benchmarks/benchmark.py --data-dir ../shared/data/finding-lungs-in-ct-data --seeds 0")
 
 
-def test_readme_results_are_the_rendering_of_the_committed_results():
-    """Edit benchmarks/results/*.json only through benchmark.py, then run render_results.py."""
+def test_results_page_and_readme_table_are_the_rendering_of_the_committed_results():
+    """RESULTS.md and the README's table say what benchmarks/results/*.json say (re-render after a benchmark)."""
+    assert (REPO_ROOT / "RESULTS.md").read_text() == render_results.results_page()
     readme = (REPO_ROOT / "README.md").read_text()
     start = readme.index(render_results.START) + len(render_results.START) + 1
-    assert readme[start:readme.index(render_results.END)].rstrip("\n") == render_results.render()
+    table = readme[start:readme.index(render_results.END)].rstrip("\n")
+    assert table == render_results.summary_table()
+    cv = json.loads((REPO_ROOT / "benchmarks" / "results" / "cv.json").read_text())
+    assert f"| Residual U-Net | {cv['variants']['resunet']['dice_mean']:.4f} |" in table
 
 
 def test_the_speed_section_names_every_stage_and_the_rates():
