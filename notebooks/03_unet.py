@@ -376,7 +376,7 @@ def error_overlay(image01: np.ndarray, truth: np.ndarray, prediction: np.ndarray
     return rgb
 
 # %%
-index = int(np.argmin([mask.sum() for mask in arrays["y_val"]]))  # the smallest lung: where errors show
+index = int(np.argsort([mask.sum() for mask in arrays["y_val"]])[len(arrays["y_val"]) // 2])  # a typical slice
 probability = model.predict(arrays["x_val"][index:index + 1], verbose=0)[0, ..., 0]
 truth = arrays["y_val"][index, ..., 0]
 figure, axes = plt.subplots(1, 3, figsize=(12, 4.2))

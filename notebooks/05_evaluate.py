@@ -526,7 +526,7 @@ row_mm, column_mm = (float(v) for v in headers[0].PixelSpacing)
 slice_mm = float(np.median(np.diff([float(h.ImagePositionPatient[2]) for h in headers])))
 print(f"{repo_path(scan_dir)}: {volume.shape[0]} slices of {volume.shape[1]}x{volume.shape[2]}, "
       f"{volume.min():.0f}..{volume.max():.0f} HU, voxels {row_mm:.2f} x {column_mm:.2f} x {slice_mm:.2f} mm")
-print("orientation (rows, columns):", list(headers[0].ImageOrientationPatient),
+print("orientation (rows, columns):", [round(float(v)) for v in headers[0].ImageOrientationPatient],
       "= the training slices' (front at the top, the patient's right on the left)")
 
 # %% [markdown]
