@@ -27,8 +27,9 @@ def _spread(summary: dict, name: str, key: str, digits: int = 4) -> str:
 
 
 def _portable(command: str) -> str:
-    """The benchmark's command with the data folder written as the repository's neighbour
-    ``../shared/data/...`` (where CI and the benchmark machine keep it), whatever absolute path it ran with."""
+    """The benchmark's command as a reader repeats it: the folder of Kaggle slices it ran with (wherever it
+    was) written as DATA, any other shared folder as the repository's neighbour ``../shared/data/...``."""
+    command = re.sub(r"(?<!\S)\S*shared/data/finding-lungs-in-ct-data/?(?!\S)", "DATA", command)
     return re.sub(r"(?<!\S)/\S*/shared/data/", "../shared/data/", command)
 
 
@@ -423,7 +424,11 @@ them alone shows how a model does on another scanner.
 All scores are per slice at the **native 512x512 resolution** (probabilities resized back before
 thresholding). The reference notebook *reported* Dice 0.9650 and IoU 0.9317 on its own split of all
 267 slices at its own resolution; ours are *measured here* on the 217 slices of
-`finding-lungs-in-ct-data` that the benchmarks use.
+`finding-lungs-in-ct-data` that the benchmarks use. In the commands, `DATA` is your folder of the
+Kaggle slices (01 downloads it into `data/finding-lungs-in-ct-data`). The volumes from other
+collections are public: TotalSegmentator's example CT (its repository's `tests/reference_files`) and
+the Chest Imaging Platform's `ct-64Dicom` test series, with the reference masks named per volume below;
+`benchmarks/external.py --shared FOLDER` reads them from `FOLDER/external-ct` (default `../shared/data`).
 """
 
 

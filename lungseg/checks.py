@@ -92,3 +92,41 @@ def explain_load_error(path, error) -> LungsegError:
     return LungsegError(f"{path}: cannot be loaded as a Keras model ({type(error).__name__}); the file may be "
                         "truncated or damaged (an interrupted copy or download). Train again (03/04), or copy "
                         "it again with its .json from the repository's models/.")
+
+
+def check_evaluation_settings(models: list, predict_model: str, predict_dir: str) -> None:
+    """05's parameters: PREDICT_MODEL one of MODELS, PREDICT_DIR an existing path."""
+    from pathlib import Path
+
+    if predict_model and predict_model not in models:
+        raise LungsegError(f"PREDICT_MODEL={predict_model!r} is not one of MODELS={models}; use one of them or ''.")
+    if predict_dir and not Path(predict_dir).expanduser().exists():
+        raise LungsegError(f"PREDICT_DIR={predict_dir!r} does not exist ({Path(predict_dir).expanduser().resolve()}). "
+                           "Point it at your CT (a DICOM series folder, a NIfTI file, slices), or leave it empty.")
+
+
+def choose_models_dir(models_dir: str, output_dir, names: list, repo_root):
+    """``MODELS_DIR`` if given; else ``OUTPUT_DIR/models`` when every model is there (you trained them in
+    03/04); else the repository's committed ``models/``, said in one line."""
+    from pathlib import Path
+
+    from lungseg.report import repo_path
+
+    if models_dir:
+        return Path(repo_root) / Path(models_dir).expanduser()
+    trained = Path(output_dir) / "models"
+    if all((trained / f"{name}.keras").is_file() for name in names):
+        return trained
+    print(f"No trained models in {repo_path(trained)}: using the committed ones in {repo_path(Path(repo_root) / 'models')}.")
+    return Path(repo_root) / "models"
+
+
+def check_models_fit_data(records: dict, dataset: dict, models_dir) -> None:
+    """Models that learnt real CT are not scored on synthetic phantoms: the score would measure nothing."""
+    from lungseg.report import repo_path
+
+    real_ct_models = [name for name, record in records.items() if not record["synthetic"]]
+    if dataset["synthetic"] and real_ct_models:
+        raise LungsegError(f"The data are SYNTHETIC phantoms, and {', '.join(real_ct_models)} in {repo_path(models_dir)} "
+                           "learnt real CT: scoring them on phantoms measures nothing. Get the real data (01_download, "
+                           "DATA_SOURCE), or train on the phantoms first (03_unet, 04_resunet) to evaluate those models here.")

@@ -59,6 +59,7 @@ from lungseg.runner import describe_runtime; print(describe_runtime())  # noqa: 
 # %%
 import lungseg_utils  # noqa: F401  first: it quiets TensorFlow's start-up messages
 
+import textwrap
 from pathlib import Path
 
 import cv2
@@ -334,7 +335,7 @@ if len(flagged):
     for axis, (name, row), reason in zip(axes[0], shown.iterrows(), flagged.reasons):
         axis.imshow(np.clip((read_slice(row.image_path) + 1000) / 1400, 0, 1), cmap="gray")
         axis.contour(read_mask(row.mask_path), [0.5], colors="red", linewidths=1)
-        axis.set_title(f"{name}\n{reason}", fontsize=8, wrap=True)
+        axis.set_title(name + "\n" + textwrap.fill(reason, 40), fontsize=8)
         axis.set_xticks([]), axis.set_yticks([])
     figure.suptitle("Flagged masks (red: the mask's outline)" + data_label(dataset["synthetic"]))
     save_figure(figure, output_dir / "figures" / "01_flagged_masks.png", dataset["synthetic"]);

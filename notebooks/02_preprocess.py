@@ -117,8 +117,10 @@ config_table({"OUTPUT_DIR": output_dir, "IMG_SIZE": IMG_SIZE, "HU window": (HU_M
 # %% [markdown]
 # ## The HU window
 # Almost all the information for finding lungs lies between air and soft tissue, so we clip HU to
-# a window and scale it to [0, 1]. Below, one slice over its full HU range, the same slice
-# windowed, and its HU histogram with the window's ends.
+# a window and scale it to [0, 1]. Below, the slice with the widest range of values among the first
+# 40 (the padding outside the scanner's field of view, dense bone), shown over its full range, then
+# windowed, and its HU histogram with the window's ends: over the full range, lung and soft tissue
+# are squeezed into a few shades of grey.
 
 # %%
 #@save
@@ -130,9 +132,10 @@ def window_hu(image: np.ndarray, hu_min: float, hu_max: float) -> np.ndarray:
     return np.clip((image.astype(np.float32) - hu_min) / (hu_max - hu_min), 0.0, 1.0)
 
 # %%
-image_hu = lu.to_standard_hu(lu.read_slice(pairs.image_path.iloc[0]), calibration)
+candidates = [lu.to_standard_hu(lu.read_slice(p), calibration) for p in pairs.image_path[:40]]
+image_hu = max(candidates, key=lambda image: image.max() - image.min())
 figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-axes[0].imshow(image_hu, cmap="gray"), axes[0].set_title(f"full range {image_hu.min()}..{image_hu.max()} HU")
+axes[0].imshow(image_hu, cmap="gray"), axes[0].set_title(f"full range {image_hu.min():.0f}..{image_hu.max():.0f} HU")
 axes[1].imshow(window_hu(image_hu, HU_MIN, HU_MAX), cmap="gray"), axes[1].set_title(f"window {HU_MIN}..{HU_MAX} HU")
 axes[2].hist(image_hu.ravel(), bins=200, color="grey")
 for edge in (HU_MIN, HU_MAX):
@@ -326,7 +329,7 @@ print("wrote", repo_path(arrays_path), f"({arrays_path.stat().st_size / 1e6:.0f}
 # Geometric augmentation, off by default, mirrors left-right (`FLIP_LEFT_RIGHT`) and rotates by up to
 # `ROTATION_DEGREES` (`RandomFlip`, `RandomRotation`). Image and mask get the *same* transform: they
 # go through the layers stacked as two channels, and the mask is thresholded again so it stays
-# binary. On the cross-validation it did not pay (README, Results).
+# binary. On the cross-validation it did not pay ([RESULTS.md](../RESULTS.md)).
 
 # %%
 #@save

@@ -55,6 +55,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
 
+from lungseg.checks import check_evaluation_settings, check_models_fit_data, choose_models_dir  # 05's parameters
 from lungseg.data import dataset_calibration, pixel_area_mm2  # 01's HU calibration; the pixel area of lung_stats.csv
 from lungseg.report import config_table, describe_device, repo_path, write_json  # each run documents itself
 from lungseg.runner import ensure_inputs  # runs 01 and 02 first if their outputs are missing
@@ -110,35 +111,20 @@ def check_settings(settings, name="settings") -> None:
 # %%
 output_dir = REPO_ROOT / OUTPUT_DIR
 evaluation_dir, figures_dir = output_dir / "evaluation", output_dir / "figures"
-if PREDICT_MODEL and PREDICT_MODEL not in MODELS:
-    raise LungsegError(f"PREDICT_MODEL={PREDICT_MODEL!r} is not one of MODELS={MODELS}; use one of them or ''.")
-if PREDICT_DIR and not Path(PREDICT_DIR).expanduser().exists():
-    raise LungsegError(f"PREDICT_DIR={PREDICT_DIR!r} does not exist ({Path(PREDICT_DIR).expanduser().resolve()}). "
-                       "Point it at your CT (a DICOM series folder, a NIfTI file, slices), or leave it empty.")
-if MODELS_DIR:
-    models_dir = REPO_ROOT / Path(MODELS_DIR).expanduser()
-elif all((output_dir / "models" / f"{name}.keras").is_file() for name in MODELS):
-    models_dir = output_dir / "models"
-else:
-    models_dir = REPO_ROOT / "models"
-    print(f"No trained models in {repo_path(output_dir / 'models')}: using the committed ones in "
-          f"{repo_path(models_dir)}.")
+check_evaluation_settings(MODELS, PREDICT_MODEL, PREDICT_DIR)
+models_dir = choose_models_dir(MODELS_DIR, output_dir, MODELS, REPO_ROOT)  # yours (03/04), else the committed ones
 models, records = {}, {}
 for name in MODELS:
     models[name], records[name] = load_trained_model(models_dir / f"{name}.keras")
 ensure_inputs("05", OUTPUT_DIR)
 dataset = json.loads((output_dir / "data" / "dataset.json").read_text())
-real_ct_models = [name for name, record in records.items() if not record["synthetic"]]
-if dataset["synthetic"] and real_ct_models:  # a score of real-CT models on ellipses would mean nothing
-    raise LungsegError(f"The data are SYNTHETIC phantoms, and {', '.join(real_ct_models)} in {repo_path(models_dir)} "
-                       "learnt real CT: scoring them on phantoms measures nothing. Get the real data (01_download, "
-                       "DATA_SOURCE), or train on the phantoms first (03_unet, 04_resunet) to evaluate those models here.")
+check_models_fit_data(records, dataset, models_dir)  # real-CT models are not scored on phantoms
 synthetic = dataset["synthetic"] or any(record["synthetic"] for record in records.values())
 pixel_area = pixel_area_mm2(Path(dataset["root"]) / "lung_stats.csv")
 spacing_mm = float(np.sqrt(pixel_area))
 config_table({"models": models_dir, "MODELS": MODELS, "THRESHOLD": THRESHOLD, "PREDICT_DIR": PREDICT_DIR, "SCAN": SCAN,
-                 "data": dataset["source"] + lu.data_label(synthetic), "pixel spacing (mm)": round(spacing_mm, 4),
-                 "device": describe_device()})
+              "data": dataset["source"] + lu.data_label(synthetic), "pixel spacing (mm)": round(spacing_mm, 4),
+              "device": describe_device()})
 
 # %% [markdown]
 # ## The test slices at native resolution

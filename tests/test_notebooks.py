@@ -162,6 +162,22 @@ def test_lungseg_utils_is_made_from_the_marked_cells():
             "overlap_scores", "show_pairs"} <= names
 
 
+def test_lungseg_utils_stays_small_and_the_product_code_lives_in_lungseg():
+    """lungseg_utils holds what several notebooks share; the own-scan tool and the bookkeeping live in
+    lungseg/, which lungseg_utils imports only inside functions (lungseg's modules import it)."""
+    source = build_utils.build()
+    at_import = {alias.name.split(".")[0] for node in ast.parse(source).body if isinstance(node, ast.Import)
+                 for alias in node.names}
+    at_import |= {node.module.split(".")[0] for node in ast.parse(source).body
+                  if isinstance(node, ast.ImportFrom) and node.module}
+    assert "lungseg" not in at_import
+    assert len(source.splitlines()) <= 500, "lungseg_utils.py is meant to be small: move what one notebook uses out"
+    notebooks = "\n".join(path.read_text() for path in NOTEBOOK_SOURCES)
+    for name in ("read_dicom_series", "read_nifti", "find_scans", "split_lungs", "keep_lungs", "predict_scans",
+                 "finish_training", "describe_device", "write_json", "kfold_split"):
+        assert f"def {name}(" not in notebooks, f"{name} is product code: it belongs in lungseg/"
+
+
 def test_the_lessons_are_code_in_cells():
     sources = {path.stem: path.read_text() for path in NOTEBOOK_SOURCES}
     assert not any("getsource" in text for text in sources.values())
