@@ -453,7 +453,9 @@ def summary_table() -> str:
 
 
 def results_page() -> str:
-    return INTRO + "\n" + render() + "\n"
+    """INTRO, the decisions (written by hand in benchmarks/results/decisions.md: what each default rests
+    on, citing the rows below), then every table rendered from the JSON files."""
+    return INTRO + "\n" + (RESULTS / "decisions.md").read_text() + "\n" + render() + "\n"
 
 
 def update_readme() -> None:

@@ -392,15 +392,6 @@ def fit_hu_calibration(peaks: dict) -> dict:
     return {**identity, "scale": float(scale), "offset": float(offset)}
 
 
-# %% [markdown]
-# Every later notebook reads the slices through this line, with the calibration recorded in `dataset.json`:
-
-# %%
-#@save
-def to_standard_hu(image, calibration: dict) -> np.ndarray:
-    """A slice of the dataset in standard HU (float32), with the calibration that 01 recorded."""
-    return np.asarray(image, np.float32) * np.float32(calibration["scale"]) + np.float32(calibration["offset"])
-
 # %%
 # NBVAL_CHECK_OUTPUT
 peaks = tissue_peaks(read_slice(p) for p in pairs.image_path)
@@ -413,9 +404,17 @@ print(f"standard HU = {calibration['scale']:.3f} x stored {calibration['offset']
 # -1000, fat -81 instead of -100, soft tissue +31 instead of +40. The slices were stored scaled,
 # and their lungs (median -689) are really about -860 HU, the inspiratory lung of other scanners.
 # A model trained on the stored numbers learns that lung is about -690 and calls the darker lung of
-# a standard scan "outside air". So every later notebook reads the slices through
-# `to_standard_hu` with this calibration (recorded in `dataset.json`), and the models learn standard
-# HU, which is what your scans hold. (Bone has no sharp peak, so it is no anchor.)
+# a standard scan "outside air". So the models learn standard HU, which is what your scans hold.
+# (Bone has no sharp peak, so it is no anchor.)
+#
+# Every later notebook reads the slices through this line, with the calibration recorded in
+# `dataset.json`:
+
+# %%
+#@save
+def to_standard_hu(image, calibration: dict) -> np.ndarray:
+    """A slice of the dataset in standard HU (float32), with the calibration that 01 recorded."""
+    return np.asarray(image, np.float32) * np.float32(calibration["scale"]) + np.float32(calibration["offset"])
 
 # %%
 smooth = [ndimage.uniform_filter(read_slice(p).astype(np.float32), 7) for p in pairs.image_path[:40]]

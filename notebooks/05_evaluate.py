@@ -66,7 +66,7 @@ from lungseg.scans import mask_overlay, predict_scans, read_scan, scan_measureme
 # `MODELS_DIR`: empty means `OUTPUT_DIR/models` when both models are there (you trained them in
 # 03/04), else the trained models committed in the repository's `models/` folder.
 # `PREDICT_DIR`: your own CT, a DICOM series folder, a NIfTI file, or slices (TIFF in HU, 16-bit PNG
-# holding HU+1024, DICOM); empty means a demonstration on a series built from test slices.
+# holding HU+1024, DICOM); empty means `SCAN`.
 # `PREDICT_MODEL`: `"unet"`, `"resunet"`, or empty for the one with the better test Dice.
 # `SCAN`: a DICOM series from another scanner, relative to the repository, for "From slices to a scan"
 # (a folder that is not there: a demonstration series written from test slices).
@@ -128,8 +128,8 @@ config_table({"models": models_dir, "MODELS": MODELS, "THRESHOLD": THRESHOLD, "P
 
 # %% [markdown]
 # ## The test slices at native resolution
-# Read straight from the original files, calibrated to standard HU as in 02, with their original masks. A slice that one of the
-# models trained or validated on is no test of it; if the split has changed since the models were
+# Read straight from the original files, calibrated to standard HU as in 02, with their original
+# masks. A slice that one of the models trained or validated on is no test of it; if the split has changed since the models were
 # trained (another `SPLIT_SEED`, more data), such slices are left out, and said so.
 
 # %%
