@@ -3,7 +3,7 @@ training seed, and record accuracy at native resolution, training and inference 
 
     .venv/bin/python benchmarks/benchmark.py --data-dir ../shared/data/finding-lungs-in-ct-data --seeds 0 1 2
     .venv/bin/python benchmarks/benchmark.py --label filters16 -p BASE_FILTERS 16 --seeds 0   # an ablation
-    .venv/bin/python benchmarks/benchmark.py --readme                                    # README table only
+    .venv/bin/python benchmarks/benchmark.py --readme                                    # RESULTS.md and the README table only
 
 Writes ``outputs/benchmark[-LABEL].json`` (and a copy in ``benchmarks/results/``) and prints a table.
 The split is the same for every seed (02's SPLIT_SEED); SEED changes the training (initial weights,
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
                              "models into models/")
     parser.add_argument("--append", action="store_true",
                         help="add these seeds' runs to an existing outputs/benchmark[-LABEL].json of the same settings")
-    parser.add_argument("--readme", action="store_true", help="only regenerate the README's Results section")
+    parser.add_argument("--readme", action="store_true", help="only regenerate RESULTS.md and the README's results table")
     args = parser.parse_args(argv)
     if args.readme:
         update_readme()

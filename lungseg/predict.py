@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = "resunet"  # generalises better to other scanners than the U-Net (README, Results)
+DEFAULT_MODEL = "resunet"  # generalises better to other scanners than the U-Net (RESULTS.md)
 
 
 def find_model(choice: str) -> Path:
