@@ -235,8 +235,8 @@ for label, guess in [("perfect", truth), ("half the lung", truth * (np.arange(8)
 
 # %% [markdown]
 # ## The input pipeline
-# `tf.data` feeds the training slices in a new random order every epoch, augmented when 02 says so
-# (off by default), in batches, prepared while the previous batch trains (`prefetch`). Validation
+# `tf.data` feeds the training slices in a new random order every epoch, augmented as 02 set it
+# (changes of intensity, by default), in batches, prepared while the previous batch trains (`prefetch`). Validation
 # slices are neither shuffled nor augmented.
 
 # %%
