@@ -151,7 +151,12 @@ def read_slice(path, *, png_hu_offset: int = PNG_HU_OFFSET) -> np.ndarray:
             array = files.read_tiff(path)  # tifffile.imread(path): the int16 HU as stored
     return files.check_slice(array, path)
 
+# %% [markdown]
+# A mask is read the same way and must hold only 0 and 255 (or 0 and 1); an image must hold finite
+# numbers that can be HU: every chest slice has air (below -500) and tissue (above -200).
 
+# %%
+#@save
 def check_finite(image: np.ndarray, name) -> None:
     """NaN or infinite pixels would train a model into NaN and predict empty masks: refuse them."""
     bad = np.size(image) - np.count_nonzero(np.isfinite(image))
