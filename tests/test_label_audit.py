@@ -13,7 +13,7 @@ from lungseg.data import kfold_split, read_split_manifest
 from lungseg_utils import LungsegError, read_mask, read_slice
 from notebook_code import definitions
 
-_01 = definitions("01_download", "audit_mask", "audit_labels", "read_slice")  # 01's cells, as a learner reads them
+_01 = definitions("01_download", "audit_mask", "audit_labels", "read_slice", "read_mask")  # 01's cells, as a learner reads them
 audit_mask, audit_labels = _01["audit_mask"], _01["audit_labels"]
 
 SOUND = "ID_0000_Z_0142.tif"  # a slice whose mask is sound, with two lungs
