@@ -1,4 +1,4 @@
-"""The README's Results section, rendered by benchmarks/render_results.py from benchmarks/results/*.json."""
+"""RESULTS.md and the README's results table, rendered by benchmarks/render_results.py from benchmarks/results/*.json."""
 
 import json
 import sys
