@@ -85,7 +85,6 @@ import json, sys, time
 sys.path.insert(0, sys.argv[1])
 import keras, numpy as np
 import lungseg_utils as lu
-from lungseg import report
 name, variant, steps = sys.argv[2], sys.argv[3], int(sys.argv[4])
 config = keras.saving.load_model(f"{sys.argv[1]}/models/{name}.keras", compile=False).get_config()
 def use_policy(node):  # rebuild the same architecture with every layer under the policy

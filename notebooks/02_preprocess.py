@@ -22,8 +22,8 @@
 # to 3000. This notebook turns the verified slices of `01_download` into training arrays: it maps a
 # window of HU to [0, 1], resizes images and masks (keeping masks binary), splits the slices into
 # train/validation/test **once** with a saved manifest, and shows what data augmentation does
-# (changes of intensity, on by default; flips and rotations, off). Cells marked `#@save` are also in `lungseg_utils.py`, because the
-# training notebooks and the evaluation use them.
+# (changes of intensity, on by default; flips and rotations, off). Cells marked `#@save` are also in
+# `lungseg_utils.py`, because the training notebooks and the evaluation use them.
 
 # %%
 # Colab: fetch the repository and the packages Colab lacks. Elsewhere this only finds the repository.
@@ -73,7 +73,7 @@ HU_MAX = 400
 SPLIT = [0.7, 0.15, 0.15]
 SPLIT_SEED = 0
 SPLIT_MANIFEST = ""  # a saved split to reuse (CSV: name, split), e.g. a cross-validation fold; empty: SPLIT
-ROTATION_DEGREES = 0.0  # augmentation is off by default: see "Augmentation" below
+ROTATION_DEGREES = 0.0  # geometric augmentation is off by default: see "Augmentation" below
 FLIP_LEFT_RIGHT = False
 FLIP_UP_DOWN = False
 HU_SCALE = 0.15  # intensity augmentation, on by default: HU x (1 ± HU_SCALE) about water; see "Augmentation"

@@ -236,8 +236,8 @@ for label, guess in [("perfect", truth), ("half the lung", truth * (np.arange(8)
 # %% [markdown]
 # ## The input pipeline
 # `tf.data` feeds the training slices in a new random order every epoch, augmented as 02 set it
-# (changes of intensity, by default), in batches, prepared while the previous batch trains (`prefetch`). Validation
-# slices are neither shuffled nor augmented.
+# (changes of intensity, by default), in batches, prepared while the previous batch trains
+# (`prefetch`). Validation slices are neither shuffled nor augmented.
 
 # %%
 #@save

@@ -520,14 +520,15 @@ if scan_dir.name == "demo_series" and not scan_dir.is_dir():
     write_dicom_series(images[:8], scan_dir, pixel_spacing_mm=(spacing_mm, spacing_mm), slice_spacing_mm=5.0,
                        slope=1.0, intercept=-1024.0, description="DEMO: 8 test slices of different patients")
 headers = [pydicom.dcmread(f) for f in sorted(scan_dir.iterdir()) if f.suffix.lower() == ".dcm"]
-headers.sort(key=lambda h: float(h.ImagePositionPatient[2]))  # by position along the body, not by file name
+headers.sort(key=lambda h: float(h.ImagePositionPatient[2]))  # axial: by position along the body, not file name
 volume = np.stack([h.pixel_array * float(h.RescaleSlope) + float(h.RescaleIntercept) for h in headers])  # HU
 row_mm, column_mm = (float(v) for v in headers[0].PixelSpacing)
 slice_mm = float(np.median(np.diff([float(h.ImagePositionPatient[2]) for h in headers])))
 print(f"{repo_path(scan_dir)}: {volume.shape[0]} slices of {volume.shape[1]}x{volume.shape[2]}, "
       f"{volume.min():.0f}..{volume.max():.0f} HU, voxels {row_mm:.2f} x {column_mm:.2f} x {slice_mm:.2f} mm")
-print("orientation (rows, columns):", [round(float(v)) for v in headers[0].ImageOrientationPatient],
-      "= the training slices' (front at the top, the patient's right on the left)")
+orientation = [round(float(v)) for v in headers[0].ImageOrientationPatient]
+print("orientation (rows, columns):", orientation, "= the training slices' (front at the top, the patient's right on "
+      "the left)" if orientation == [1, 0, 0, 0, 1, 0] else "is not the training slices': read_scan below turns it")
 
 # %% [markdown]
 # Predict every slice, exactly as the test slices above, and measure: lung voxels x voxel volume.
@@ -540,10 +541,10 @@ print(f"{chosen}: {mask.sum() * row_mm * column_mm * slice_mm / 1000:,.0f} mL of
 
 # %%
 middle_row = int(np.argmax(mask.sum(axis=(0, 2))))  # the coronal plane through the most lung
-coronal = lu.window_hu(volume[::-1, middle_row, :], -1000, 400)  # head at the top
+coronal = window_hu(volume[::-1, middle_row, :], -1000, 400)  # head at the top
 axial = int(np.argmax(mask.sum(axis=(1, 2))))
 figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-axes[0].imshow(mask_overlay(lu.window_hu(volume[axial], -1000, 400), mask[axial]))
+axes[0].imshow(mask_overlay(window_hu(volume[axial], -1000, 400), mask[axial]))
 axes[0].set_title(f"axial slice {axial + 1} of {len(volume)}")
 axes[1].imshow(mask_overlay(coronal, mask[::-1, middle_row, :]), aspect=slice_mm / column_mm)
 axes[1].set_title("coronal (head at the top), rebuilt from the slices")
@@ -571,7 +572,8 @@ pd.DataFrame([scan_measurements(scan, labels)], index=[chosen]).drop(columns=["n
 # lung sits near -690; this COPD patient's, in standard HU, near -950. Models trained on the stored numbers
 # found 306 of this scan's 4,554 mL of lung; trained on calibrated HU (01) with intensity
 # augmentation (02) they find it all (Dice 0.98; every volume, both models:
-# [RESULTS.md](../RESULTS.md)).
+# [RESULTS.md](../RESULTS.md)). Without that scan (the demonstration series), the histogram compares
+# a Kaggle slice as stored with test slices in calibrated HU: the same shift.
 
 # %%
 stored = read_slice(test.image_path.iloc[0])
