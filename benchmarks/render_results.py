@@ -337,6 +337,75 @@ def external_section(external: dict, before: dict | None) -> list[str]:
     return lines + [""]
 
 
+def hardest(pathology: dict, model: str, source: str = "cip-copdgene-64") -> tuple[str, float]:
+    """The lesion type of which the least is still called lung, and that share, on one source."""
+    results = pathology["models"][model][source]
+    kind = min(pathology["types"], key=lambda k: results[k]["kept_share"])
+    return kind, results[kind]["kept_share"]
+
+
+CANDIDATES = {  # the candidates' training, for the page (their JSON records the benchmark's command only)
+    "candidate-dense": "the Residual U-Net trained with 02's training lesions on (`python -m lungseg.runner --only 01 02 "
+                       "04 --output-dir outputs/candidate-dense -p DATA_DIR DATA -p LESIONS 0.5`: lesions of -500..+80 "
+                       "HU, radii up to 30 px, in half the training slices)",
+    "candidate-lesions": "both models trained with an earlier version of 02's training lesions on (-750..+80 HU, radii up "
+                         "to 40 px, in half the training slices; gas pockets kept out of bone), `--only 01 02 03 04`",
+}
+
+
+def pathology_section(pathology: dict, before: dict | None, candidates: list[dict]) -> list[str]:
+    """Lesions written into real lungs (benchmarks/pathology.py): the share of each still called lung
+    and the whole-lung Dice, on the COPD chest through the own-scan path and on held-out Kaggle slices."""
+    targets = pathology["targets"]
+    lines = [f"Measured with `{pathology['command']}` on {pathology['device']} ({pathology['date']}). Each lesion is "
+             "written inside the reference lung of real CT; the reference mask stays as it is, since diseased lung "
+             "is lung. **kept**: the share of the lesion's voxels still called lung; **Dice**: the whole lung against "
+             "the reference. COPD chest: `cip-copdgene-64` through `predict_scans` (the 3D step included); Kaggle: the "
+             "slices the model neither trained nor validated on (pooled kept share, mean Dice). Targets: kept ≥ "
+             f"{targets['kept_share']:.0%} and Dice ≥ {targets['dice']:g} on every type. The lesions are built by "
+             "code that shares nothing with 02's training lesions (spheres, shells, bands and lobes in millimetres "
+             "against Fourier-outlined blobs in pixels).", ""]
+    runs = [(pathology, "")] + ([(before, " (before)")] if before else []) + [(c, f" ({c['label']})") for c in candidates]
+    lines += ["| lesion | model | COPD chest: kept | Dice | Kaggle held-out: kept | Dice | targets (COPD chest) |",
+              "|---|---|---|---|---|---|---|"]
+    for kind in ("none",) + tuple(pathology["types"]):
+        for run, tag in runs:
+            for model in MODELS:
+                if model not in run["models"]:
+                    continue
+                c, k = run["models"][model]["cip-copdgene-64"][kind], run["models"][model]["kaggle-held-out"][kind]
+                met = "–" if kind == "none" else "yes" if (
+                    c["kept_share"] >= targets["kept_share"] and c["dice"] >= targets["dice"]) else "**no**"
+                lines.append(f"| {kind} | {VARIANTS[model]}{tag} | {_number(c['kept_share'] and 100 * c['kept_share'], 0, '%')} "
+                             f"| {c['dice']:.3f} | {_number(k['kept_share'] and 100 * k['kept_share'], 0, '%')} | "
+                             f"{k['dice']:.3f} | {met} |")
+    lesion_ml = {k: v.get("lesion_ml") for k, v in pathology["models"][MODELS[-1]]["cip-copdgene-64"].items()}
+    lines += ["", "Lesion sizes on the COPD chest: " + ", ".join(f"{k} {v:.0f} mL" for k, v in lesion_ml.items() if v)
+              + ". The types, their places and HU are listed in `benchmarks/pathology.py`."]
+    if before:
+        lines += ["", f"\"Before\": the models and the 3D step of main 6f233a1 (`{before['command']}`, run there)."]
+    for c in candidates:
+        lines += ["", f"\"{c['label']}\": {CANDIDATES.get(c['label'], 'a candidate')}; measured with `{c['command']}`."]
+    external = [(c["label"], RESULTS / f"external-{c['label']}.json") for c in candidates]
+    external = [(label, json.loads(path.read_text())) for label, path in external if path.is_file()]
+    if external:
+        lines += ["", "The same candidates on the CT volumes from other collections (`benchmarks/external.py "
+                  "--models-dir ... --label ...`), beside the defaults' rows of the table above:", "",
+                  "| models | model | COPD chest Dice | LAA-950 % | lung bases Dice | bowel gas, lung-bases scan: mL | "
+                  "abdomen, no lung: mL |", "|---|---|---|---|---|---|---|"]
+        for label, run in external:
+            for model in MODELS:
+                if model not in run["models"]:
+                    continue
+                v = {name: volume["models"][model] for name, volume in run["volumes"].items()}
+                lines.append(f"| {label} | {VARIANTS[model]} | {v['cip-copdgene-64']['dice']:.3f} | "
+                             f"{v['cip-copdgene-64']['laa950_percent']:.1f} | "
+                             f"{v['totalsegmentator-example-ct']['dice']:.3f} | "
+                             f"{v['totalsegmentator-example-ct']['false_lung_ml']:.1f} | "
+                             f"{v['totalsegmentator-example-ct-dicom']['lung_ml']:.1f} |")
+    return lines + [""]
+
+
 def _versus_line(cv: dict) -> list[str]:
     """A run paired slice by slice with an earlier one (crossval.py --versus)."""
     if "versus" not in cv:
@@ -388,6 +457,13 @@ def render() -> str:
         before = RESULTS / "external-before.json"
         lines += ["## Other scanners: CT volumes from other collections", ""] + external_section(
             json.loads((RESULTS / "external.json").read_text()), json.loads(before.read_text()) if before.is_file() else None)
+    if (RESULTS / "pathology.json").is_file():
+        before = RESULTS / "pathology-baseline.json"
+        candidates = [{**json.loads(p.read_text()), "label": p.stem.removeprefix("pathology-")}
+                      for p in sorted(RESULTS.glob("pathology-candidate-*.json"))]
+        lines += ["## Diseased lung: lesions written into real lungs", ""] + pathology_section(
+            json.loads((RESULTS / "pathology.json").read_text()),
+            json.loads(before.read_text()) if before.is_file() else None, candidates)
     if (RESULTS / "cv.json").is_file():
         cv = json.loads((RESULTS / "cv.json").read_text())
         ablations = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("cv-*.json"))]
@@ -439,17 +515,20 @@ def summary_table() -> str:
     volumes = external["volumes"]
     chest, bases, abdomen = (volumes[k]["models"] for k in ("cip-copdgene-64", "totalsegmentator-example-ct",
                                                              "totalsegmentator-example-ct-dicom"))
+    pathology = json.loads((RESULTS / "pathology.json").read_text())
     lines = ["| | Kaggle slices, 5-fold CV: Dice (217 slices) | COPD chest CT, other scanner: Dice | its LAA-950 % "
              f"(reference {chest['resunet']['reference_laa950_percent']:.1f}) | lung bases: Dice | "
-             "abdomen, no lung: mL called lung |", "|---|---|---|---|---|---|"]
+             "abdomen, no lung: mL called lung | diseased lung still called lung, hardest lesion |",
+             "|---|---|---|---|---|---|---|"]
     for model in MODELS:
         v = cv["variants"][model]
+        kind, share = hardest(pathology, model)
         lines.append(f"| {NAMES[model]} | {v['dice_mean']:.4f} | {chest[model]['dice']:.3f} | "
                      f"{chest[model]['laa950_percent']:.1f} | {bases[model]['dice']:.3f} | "
-                     f"{abdomen[model]['lung_ml']:.1f} |")
-    return "\n".join(lines + ["", f"CPU, {cv['date']} and {external['date']}, at the defaults; `{_portable(cv['command'])}` "
-                               f"and `{external['command']}`. Details, every comparison and the timings: "
-                               "[RESULTS.md](RESULTS.md)."])
+                     f"{abdomen[model]['lung_ml']:.1f} | {100 * share:.0f}% ({kind.replace('_', ' ')}) |")
+    return "\n".join(lines + ["", f"CPU, {cv['date']}, {external['date']} and {pathology['date']}, at the defaults; "
+                               f"`{_portable(cv['command'])}`, `{external['command']}` and `{pathology['command']}`. "
+                               "Details, every comparison and the timings: [RESULTS.md](RESULTS.md)."])
 
 
 def results_page() -> str:

@@ -285,12 +285,23 @@ def find_scans(input_path, series: str | None = None, pixel_spacing_mm: float | 
 
 # Segmenting a scan is segmenting its slices, in batches, as notebook 05 does for the test slices.
 # A 2D model sees one slice at a time, so below the lungs it may mark gas in the stomach and bowel,
-# and beside the body the air by the arms or hips. A volume shows what a slice cannot: the lungs are
-# the large connected air-filled organs inside the body. So a volume's mask is judged in 3D, as
-# lungmask does: connected regions (SciPy's `ndimage.label`) are kept only if they lie inside the
-# body, hold lung tissue (not pure gas: their median is above -970 HU; lung, even emphysematous,
-# has vessels and walls) and are at least a tenth of the largest one. A volume with under 20 mL of
-# lung left is reported as "no lungs found". Then the lung voxels are told right from left.
+# and beside the body the air by the arms or hips; and where disease fills the lung it may leave out
+# what no longer looks dark. A volume shows what a slice cannot, so a volume's mask is judged in 3D
+# by anatomy, as lungmask does, on its connected regions (SciPy's `ndimage.label`):
+# - lung lies inside the body (each slice's outline of tissue, holes filled);
+# - lung holds vessels and walls: it is not pure gas (its median lies above -970 HU, darker than any
+#   training lung);
+# - lung lies above the diaphragm: a region half of whose voxels have another lung region straight
+#   above them (in the same column of the volume, higher up), with tissue between the two (denser
+#   than -300 HU over most of the gap: a diaphragm, not a slice of lung the model missed), lies
+#   below the diaphragm: the stomach under the left dome, the colon under the bases;
+# - a region smaller than a tenth of the largest is a speck, not a lung;
+# - what the lung encloses is lung: holes in 3D (a nodule, a tumour, a cavity that the model left
+#   out but the lung surrounds) are filled. The mediastinum is never enclosed: it runs on into the
+#   neck and the abdomen.
+# A volume with under 20 mL of lung left is reported as "no lungs found". Then the lung voxels are
+# told right from left. These rules and their numbers were set from anatomy and the Kaggle slices,
+# before the external volumes were looked at.
 
 
 def split_lungs(mask: np.ndarray) -> np.ndarray:
@@ -316,11 +327,11 @@ def split_lungs(mask: np.ndarray) -> np.ndarray:
     return labels
 
 
-def keep_lungs(mask: np.ndarray, scan: Scan, min_share: float = 0.1, gas_hu: float = -970.0) -> np.ndarray:
-    """The connected regions of a volume's mask[slice, row, column] that can be lung: mostly inside the
-    body (each slice's outline of tissue above -500 HU, holes filled), not pure gas (less than half of
-    the region at or below ``gas_hu``: its median lies above) and at least ``min_share`` of the largest
-    such region's volume. Counted slice by slice, so a large scan needs little memory beyond its labels."""
+def keep_lungs(mask: np.ndarray, scan: Scan, min_share: float = 0.1, gas_hu: float = -970.0,
+               under_share: float = 0.5, fill: bool = True) -> np.ndarray:
+    """The connected regions of a volume's mask[slice, row, column] (slices going up) that can be lung,
+    by the rules above, with the holes that they enclose filled. Counted slice by slice, so a large
+    scan needs little memory beyond its labels."""
     regions, found = ndimage.label(mask)
     if not found:
         return mask.astype(np.uint8)
@@ -334,7 +345,76 @@ def keep_lungs(mask: np.ndarray, scan: Scan, min_share: float = 0.1, gas_hu: flo
     lung_like = (inside >= 0.5 * volume) & (gas < 0.5 * volume)
     lung_like[0] = False  # label 0 is the background
     keep = lung_like & (volume >= min_share * volume[lung_like].max(initial=0))
-    return keep[regions].astype(np.uint8)
+    under = _under_other_regions(regions, np.flatnonzero(keep), scan.hu)
+    for index, share in under.items():
+        if share >= under_share:
+            keep[index] = False
+    keep &= volume >= min_share * volume[keep].max(initial=0)
+    kept = keep[regions]
+    return (_fill_enclosed(kept) if fill else kept).astype(np.uint8)
+
+
+def _under_other_regions(regions: np.ndarray, indices, hu: np.ndarray, tissue_hu: float = -300.0) -> dict:
+    """For each region in ``indices``: the share of its voxels that lie under another of these regions
+    with tissue between: in the same (row, column), the other region starts higher up, and the slices
+    between the two are mostly denser than ``tissue_hu`` (a diaphragm; not a slice of lung that the
+    model missed)."""
+    boxes = ndimage.find_objects(regions)
+    extent = {}
+    for index in indices:  # each region's lowest and highest slice in every (row, column)
+        box = boxes[index - 1]
+        inside = regions[box] == index
+        heights = np.arange(box[0].start, box[0].stop)[:, None, None]
+        top, bottom = np.full(regions.shape[1:], -1, np.int32), np.full(regions.shape[1:], regions.shape[0], np.int32)
+        top[box[1:]] = np.where(inside, heights, -1).max(axis=0)
+        bottom[box[1:]] = np.where(inside, heights, regions.shape[0]).min(axis=0)
+        extent[index] = top, bottom
+    shares = {}
+    for index in indices:
+        box = boxes[index - 1]
+        top = extent[index][0][box[1:]]
+        rows = slice(box[0].start, regions.shape[0])  # from this region up to the top of the scan
+        tissue = np.concatenate([np.zeros((1,) + top.shape, np.int32),
+                                 np.cumsum(hu[rows][(slice(None),) + box[1:]] > tissue_hu, axis=0, dtype=np.int32)])
+        under = np.zeros(top.shape, bool)
+        for other in indices:
+            if other == index:
+                continue
+            bottom = extent[other][1][box[1:]]
+            gap = bottom - top - 1
+            above = (top >= 0) & (bottom < regions.shape[0]) & (gap >= 1)
+            low, high = np.clip(top + 1 - box[0].start, 0, None), np.clip(bottom - box[0].start, 0, None)
+            dense = np.take_along_axis(tissue, high[None], 0)[0] - np.take_along_axis(tissue, low[None], 0)[0]
+            under |= above & (dense >= 0.5 * np.maximum(gap, 1))
+        inside = regions[box] == index
+        shares[index] = float(np.count_nonzero(inside & under[None]) / np.count_nonzero(inside))
+    return shares
+
+
+def _fill_enclosed(mask: np.ndarray) -> np.ndarray:
+    """The mask with every hole that it encloses in 3D filled: the connected parts of its complement,
+    within the mask's bounding box, that touch no face of that box."""
+    if not mask.any():
+        return mask
+    box = _bounding_box(mask)
+    holes, count = ndimage.label(~mask[box])
+    if not count:
+        return mask
+    open_to_outside = np.zeros(count + 1, bool)
+    for axis in range(3):
+        for end in (0, -1):
+            open_to_outside[np.unique(np.take(holes, end, axis=axis))] = True
+    filled = mask.copy()
+    filled[box] |= ~open_to_outside[holes]
+    return filled
+
+
+def _bounding_box(mask: np.ndarray) -> tuple:
+    ranges = []
+    for axes in ((1, 2), (0, 2), (0, 1)):
+        present = np.flatnonzero(np.any(mask, axis=axes))
+        ranges.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(ranges)
 
 
 NO_LUNG_ML = 20.0  # less lung than this in a volume: "no lungs found"

@@ -82,6 +82,7 @@ HU_CONTRAST = 0.0  # ± contrast about the slice's mean (a fraction)
 NOISE_HU = 20.0  # Gaussian noise, HU
 BLUR_SIGMA = 1.0  # Gaussian blur of up to this many pixels (at most 1)
 GAS_POCKETS = 0.5  # share of training slices given pockets of bowel gas that are not lung; see "Gas is not lung"
+LESIONS = 0.0  # share of training slices given dense lesions inside the lung, labelled lung; see "Diseased lung is lung"
 TRAIN_ON_FLAGGED = True  # False: slices whose mask 01's audit flags are kept out of training and validation
 
 # %% [markdown]
@@ -105,12 +106,12 @@ pairs = pd.read_csv(output_dir / "data" / "pairs.csv")
 augmentation = {"rotation_degrees": float(ROTATION_DEGREES), "flip_left_right": bool(FLIP_LEFT_RIGHT),
                 "flip_up_down": bool(FLIP_UP_DOWN), "hu_scale": float(HU_SCALE), "hu_shift": float(HU_SHIFT),
                 "hu_contrast": float(HU_CONTRAST), "noise_hu": float(NOISE_HU), "blur_sigma": float(BLUR_SIGMA)}
-check_augmentation({**augmentation, "gas_pockets": GAS_POCKETS})
+check_augmentation({**augmentation, "gas_pockets": GAS_POCKETS, "lesions": LESIONS})
 calibration = dataset_calibration(dataset)  # 01's: the stored values -> standard HU
 config_table({"OUTPUT_DIR": output_dir, "IMG_SIZE": IMG_SIZE, "HU window": (HU_MIN, HU_MAX), "SPLIT": SPLIT,
               "SPLIT_SEED": SPLIT_SEED,
               "SPLIT_MANIFEST": SPLIT_MANIFEST or "none (SPLIT)", "augmentation": augmentation,
-              "TRAIN_ON_FLAGGED": TRAIN_ON_FLAGGED, "GAS_POCKETS": GAS_POCKETS,
+              "TRAIN_ON_FLAGGED": TRAIN_ON_FLAGGED, "GAS_POCKETS": GAS_POCKETS, "LESIONS": LESIONS,
               "HU calibration (01)": f"standard HU = {calibration['scale']:.3f} x stored {calibration['offset']:+.1f}",
               "data": f"{dataset['source']}{lu.data_label(dataset['synthetic'])}: {len(pairs)} pairs"})
 
@@ -291,6 +292,66 @@ if len(given):
                   synthetic=dataset["synthetic"], size=3.2);
 
 # %% [markdown]
+# ## Diseased lung is lung
+# People segment lungs mostly because something is wrong in them: pneumonia, a tumour, nodules,
+# collapsed lung at the back. Inside the pleura all of it is lung, and a lung mask keeps it (as
+# lungmask's R231 and TotalSegmentator do). The Kaggle slices hold mostly clear lungs, so a model
+# trained on them learns that lung is *dark* tissue and cuts dense lesions out. Hofmanninger et al.
+# (2020) found the same for models trained on public data: lung segmentation is "primarily a data
+# diversity problem, not a methodology problem". With no diseased training scans, the diversity can
+# come from augmentation: `LESIONS` of the training slices get one to three lesions pasted *inside*
+# the lung mask, which stays as it is (lung): blobs with irregular outlines, from a few millimetres
+# to several centimetres, from hazy (-500 HU) to soft tissue (+80 HU), with texture, most of them on
+# the lung's edge, where a lesion meets the chest wall and the lung's outline disappears.
+#
+# **Off by default.** With `LESIONS = 0.5` the Residual U-Net kept far more of each lesion on held-out
+# Kaggle slices, but on a COPD patient's chest from another scanner its Dice fell from 0.978 to
+# 0.92 (0.83 with lesions down to -750 HU): what it learnt about dense lung cost it dark lung
+# elsewhere ([RESULTS.md](../RESULTS.md)). Try it: set `LESIONS = 0.5` and retrain 04.
+
+# %%
+def add_lesions(image01: np.ndarray, mask: np.ndarray, rng: np.random.Generator, hu_window=(-1000, 400),
+                count=(1, 3), radius_px=(3, 30), hu_range=(-500, 80), texture_hu=60.0, on_edge=0.6) -> np.ndarray:
+    """A windowed slice with 1-3 lesions inside the lung: outlines r(angle) = R (1 + a Fourier series of
+    orders 2-5), R log-uniform in ``radius_px`` (for a 256-pixel slice), centred on the lung's edge
+    (share ``on_edge``) or inside it, one density in ``hu_range`` each with smooth texture (SD up to
+    ``texture_hu``) and noise, edges blurred, and clipped to the lung: nothing outside the mask changes."""
+    width = float(hu_window[1] - hu_window[0])
+    image = image01.astype(np.float32).copy()
+    lung = mask.astype(bool)
+    if not lung.any():
+        return image
+    edge = lung & ~ndimage.binary_erosion(lung, iterations=2)
+    yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+    for _ in range(int(rng.integers(count[0], count[1] + 1))):
+        pool = edge if rng.random() < on_edge and edge.any() else lung
+        cy, cx = np.argwhere(pool)[rng.integers(np.count_nonzero(pool))]
+        radius = np.exp(rng.uniform(np.log(radius_px[0]), np.log(radius_px[1])))
+        angle, distance = np.arctan2(yy - cy, xx - cx), np.hypot(yy - cy, xx - cx)
+        outline = np.ones_like(angle)
+        for order in range(2, 6):
+            outline += rng.uniform(0, 0.3 / order * 2) * np.cos(order * angle + rng.uniform(0, 2 * np.pi))
+        blob = (distance <= radius * outline).astype(np.float32)
+        alpha = ndimage.gaussian_filter(blob, rng.uniform(0.5, 1.5)) * lung
+        texture = ndimage.gaussian_filter(rng.normal(0, 1, image.shape), 2.0)
+        hu = rng.uniform(*hu_range) + rng.uniform(0, texture_hu) * texture / (texture.std() + 1e-6) + rng.normal(0, 15, image.shape)
+        image = np.clip((1 - alpha) * image + alpha * (hu - hu_window[0]) / width, 0, 1)
+    return image
+
+# %%
+given_lesions = np.flatnonzero(rng.random(len(arrays["x_train"])) < LESIONS)
+before = arrays["x_train"][given_lesions[:1], ..., 0].copy()
+for k in given_lesions:
+    arrays["x_train"][k, ..., 0] = add_lesions(arrays["x_train"][k, ..., 0], arrays["y_train"][k, ..., 0], rng,
+                                               (HU_MIN, HU_MAX), radius_px=(3 * IMG_SIZE / 256, 30 * IMG_SIZE / 256))
+print(f"lesions pasted into {len(given_lesions)} of {len(arrays['x_train'])} training slices")
+if len(given_lesions):
+    k = given_lesions[0]
+    lu.show_pairs([[before[0], arrays["x_train"][k, ..., 0], arrays["y_train"][k, ..., 0]]],
+                  ["before", "with lesions", "mask (unchanged: lung)"], title="Diseased lung is lung",
+                  path=output_dir / "figures" / "02_lesions.png", synthetic=dataset["synthetic"], size=3.2);
+
+# %% [markdown]
 # ## Save the arrays and the settings
 # The training notebooks read these; the settings travel on with each trained model, so that
 # predictions on new scans use exactly this preprocessing.
@@ -302,7 +363,8 @@ np.savez(temporary, **arrays)
 temporary.replace(arrays_path)
 settings = {"img_size": IMG_SIZE, "hu_min": HU_MIN, "hu_max": HU_MAX, "split": SPLIT, "split_seed": SPLIT_SEED,
             "split_method": f"manifest {SPLIT_MANIFEST}" if SPLIT_MANIFEST else "train_test_split",
-            "augmentation": augmentation, "gas_pockets": float(GAS_POCKETS), "train_on_flagged": bool(TRAIN_ON_FLAGGED),
+            "augmentation": augmentation, "gas_pockets": float(GAS_POCKETS), "lesions": float(LESIONS),
+            "train_on_flagged": bool(TRAIN_ON_FLAGGED),
             "hu_calibration": calibration,
             "data_source": dataset["source"], "synthetic": dataset["synthetic"],
             "data_root": dataset["root"], "slices": {s: int(len(arrays[f"x_{s}"])) for s in ("train", "val", "test")}}
