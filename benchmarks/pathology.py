@@ -61,7 +61,7 @@ SEED = 2020  # the lesions' positions and sizes; fixed, and never the training s
 
 # --------------------------------------------------------------------------- geometry
 def world_mm(shape, affine) -> np.ndarray:
-    """The RAS position in mm (x to the patient's left, y to the front, z up) of every voxel."""
+    """The RAS position in mm (x to the patient's right, y to the front, z up) of every voxel."""
     ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1).astype(np.float64)
     return ijk @ affine[:3, :3].T + affine[:3, 3]
 
@@ -70,14 +70,14 @@ def slice_world_mm(shape, spacing_mm: float) -> np.ndarray:
     """A Kaggle slice (rows front to back, columns from the patient's right to left) as a one-slice
     'volume' in the same RAS convention, so that the lesions below are built by the same code."""
     rows, columns = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
-    return np.stack([columns * spacing_mm, -rows * spacing_mm, np.zeros(shape)], axis=-1)
+    return np.stack([-columns * spacing_mm, -rows * spacing_mm, np.zeros(shape)], axis=-1)
 
 
 def sides(lung: np.ndarray, xyz: np.ndarray) -> dict:
     """The reference lung cut at the middle of its left-right extent: {'right': mask, 'left': mask}."""
     x = xyz[..., 0]
     middle = (x[lung].min() + x[lung].max()) / 2
-    return {"right": lung & (x < middle), "left": lung & (x >= middle)}
+    return {"right": lung & (x > middle), "left": lung & (x <= middle)}
 
 
 def lower(part: np.ndarray, xyz: np.ndarray, fraction: float) -> np.ndarray:
@@ -121,7 +121,7 @@ def lesion(kind: str, lung: np.ndarray, xyz: np.ndarray, hu: np.ndarray, spacing
     """(where, value): a lesion of ``kind`` as a boolean mask inside ``lung`` and the HU it takes there."""
     halves = sides(lung, xyz)
     noise = rng.normal(0, 15, hu.shape)
-    x_outward = {"right": (-1.0, 0.0, 0.0), "left": (1.0, 0.0, 0.0)}  # RAS: the patient's right is -x
+    x_outward = {"right": (1.0, 0.0, 0.0), "left": (-1.0, 0.0, 0.0)}  # RAS: +x is the patient's right
     if kind == "consolidation":  # the back half of the right lower lung
         part = lower(halves["right"], xyz, 0.45)
         y = xyz[..., 1]
@@ -131,7 +131,7 @@ def lesion(kind: str, lung: np.ndarray, xyz: np.ndarray, hu: np.ndarray, spacing
         centre = on_pleura(halves["right"], xyz, x_outward["right"], 14.0)
         return lung & sphere(xyz, centre, 40), 40 + noise
     if kind == "mass_mediastinum":  # a 40 mm mass on the left lung's mediastinal surface
-        centre = on_pleura(halves["left"], xyz, (-1.0, 0.0, 0.0), 14.0)
+        centre = on_pleura(halves["left"], xyz, x_outward["right"], 14.0)  # towards the middle
         return lung & sphere(xyz, centre, 40), 40 + noise
     if kind == "nodules":  # 8 solid nodules of 12-30 mm, half on the pleura
         where = np.zeros(lung.shape, bool)

@@ -118,7 +118,7 @@ def test_benchmark_scores_on_hand_made_volumes():
 def test_a_kaggle_slice_is_placed_as_the_volumes_are():
     benchmark = _pathology()
     xyz = benchmark.slice_world_mm((512, 512), 0.8)
-    assert xyz[0, 10, 0] > xyz[0, 0, 0]  # columns run to the patient's left (+x)
+    assert xyz[0, 10, 0] < xyz[0, 0, 0]  # columns run to the patient's left (-x in RAS)
     assert xyz[10, 0, 1] < xyz[0, 0, 1]  # rows run to the back (-y)
     lung = np.zeros((512, 512), bool)
     lung[100:400, 60:220] = lung[100:400, 290:450] = True
