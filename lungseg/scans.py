@@ -86,16 +86,26 @@ def read_nifti(path) -> Scan:
         raise LungsegError(f"{path}: unreadable NIfTI ({type(error).__name__}: {error}). Re-export it.") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
+    if data.ndim == 4:
+        raise LungsegError(f"{path}: a 4-D NIfTI of shape {data.shape} ({data.shape[3]} volumes, e.g. the phases of a "
+                           "4-D CT); lungseg segments one. Save one volume and give that, e.g. in Python: "
+                           f"nib.save(nib.load('{path.name}').slicer[..., 0], 'one.nii.gz').")
     if data.ndim != 3:
         raise LungsegError(f"{path}: a NIfTI of shape {data.shape}; a CT volume has three dimensions.")
-    axes = image.affine[:3, :3]
+    affine, notes = image.affine.copy(), []
+    unit = image.header.get_xyzt_units()[0]
+    if unit in ("meter", "micron"):  # NIfTI's units: lungseg measures in mm
+        scale = 1000.0 if unit == "meter" else 0.001
+        affine[:3] *= scale
+        notes.append(f"{path}: its header gives its positions in {unit}s; they are taken as such "
+                     f"({unit}s x {scale:g} = mm).")
+    axes = affine[:3, :3]
     voxel_mm3 = abs(np.linalg.det(axes)) if np.all(np.isfinite(axes)) else 0.0
     if voxel_mm3 < 1e-6:
         raise LungsegError(f"{path}: its affine (voxel to world) is {'singular' if np.all(np.isfinite(axes)) else 'not finite'}"
                            ", so its voxels have no size or place. Re-export it with its geometry (e.g. dcm2niix).")
-    hu, zooms, orientation = _to_model_axes(data, image.affine)
+    hu, zooms, orientation = _to_model_axes(data, affine)
     name = path.name[: -len(next(s for s in NIFTI_SUFFIXES if path.name.lower().endswith(s)))]
-    notes = []
     if not int(image.header["qform_code"]) and not int(image.header["sform_code"]):
         notes.append(f"{path}: no qform or sform code, so its orientation is not known: right and left (labels 1 "
                      "and 2) are a guess. Export it with its orientation (e.g. dcm2niix).")
@@ -105,7 +115,7 @@ def read_nifti(path) -> Scan:
                      f"{voxel_mm3:.3f} mm³.")
     thickness = voxel_mm3 / (zooms[0] * zooms[1])  # along the slice normal, not the length of the third axis
     return Scan(name, "volume", hu, (float(zooms[1]), float(zooms[0])), np.full(hu.shape[0], float(thickness)),
-                image.affine, orientation, str(path), notes)
+                affine, orientation, str(path), notes)
 
 
 CT_IMAGE_STORAGE = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1")  # CT, enhanced CT

@@ -86,6 +86,31 @@ def test_a_sheared_nifti_measures_its_true_voxel_volume(committed, slices, tmp_p
     assert "sheared.nii.gz: its affine is sheared" in said and "straight.nii.gz" not in said
 
 
+def test_a_nifti_in_metres_or_microns_is_measured_in_mm_and_said(committed, slices, tmp_path):
+    volume = np.stack(slices, axis=-1).transpose(1, 0, 2)
+    millimetres = np.diag([-0.8, -0.8, 5.0, 1.0])
+    nib.save(nib.Nifti1Image(volume, millimetres), tmp_path / "mm.nii.gz")
+    for unit, factor in (("meter", 0.001), ("micron", 1000.0)):
+        image = nib.Nifti1Image(volume, np.diag([-0.8 * factor, -0.8 * factor, 5.0 * factor, 1.0]))
+        image.header.set_xyzt_units(unit)
+        nib.save(image, tmp_path / f"{unit}.nii.gz")
+    table, said = _predict(committed, tmp_path, tmp_path / "out")
+    volumes = table.set_index("name").lung_volume_ml
+    assert volumes["mm"] > 0 and table.attrs["problems"] == []
+    assert volumes["meter"] == pytest.approx(volumes["mm"], rel=1e-6)
+    assert volumes["micron"] == pytest.approx(volumes["mm"], rel=1e-6)
+    assert "positions in meters" in said and "positions in microns" in said
+    mask = nib.load(table.set_index("name").loc["meter", "mask"])  # the mask lies where the scan lies, in mm
+    np.testing.assert_allclose(mask.affine, millimetres, atol=1e-9)
+
+
+def test_a_4d_nifti_says_how_to_take_one_volume(tmp_path):
+    volume = np.full((8, 8, 4, 3), -1000, np.int16)
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "phases.nii.gz")
+    with pytest.raises(LungsegError, match=r"phases.nii.gz: a 4-D NIfTI .*\(3 volumes.*slicer\[\.\.\., 0\]"):
+        scans.read_nifti(tmp_path / "phases.nii.gz")
+
+
 def test_a_run_where_every_input_fails_keeps_the_earlier_rows(committed, real_data, real_names, tmp_path):
     output = tmp_path / "out"
     _predict(committed, real_data / "2d_images" / real_names[0], output)
