@@ -340,16 +340,21 @@ def add_lesions(image01: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
 
 # %%
 given_lesions = np.flatnonzero(rng.random(len(arrays["x_train"])) < LESIONS)
-before = arrays["x_train"][given_lesions[:1], ..., 0].copy()
 for k in given_lesions:
     arrays["x_train"][k, ..., 0] = add_lesions(arrays["x_train"][k, ..., 0], arrays["y_train"][k, ..., 0], rng,
                                                (HU_MIN, HU_MAX), radius_px=(3 * IMG_SIZE / 256, 30 * IMG_SIZE / 256))
 print(f"lesions pasted into {len(given_lesions)} of {len(arrays['x_train'])} training slices")
-if len(given_lesions):
-    k = given_lesions[0]
-    lu.show_pairs([[before[0], arrays["x_train"][k, ..., 0], arrays["y_train"][k, ..., 0]]],
-                  ["before", "with lesions", "mask (unchanged: lung)"], title="Diseased lung is lung",
-                  path=output_dir / "figures" / "02_lesions.png", synthetic=dataset["synthetic"], size=3.2);
+
+# %% [markdown]
+# What a lesion looks like to the network, on one training slice (at the defaults an example only:
+# `LESIONS = 0` leaves the training slices as they are). The mask stays the same: all of it is lung.
+
+# %%
+example = add_lesions(arrays["x_train"][0, ..., 0], arrays["y_train"][0, ..., 0], np.random.default_rng(SPLIT_SEED),
+                      (HU_MIN, HU_MAX), count=(3, 3), radius_px=(3 * IMG_SIZE / 256, 30 * IMG_SIZE / 256))
+lu.show_pairs([[arrays["x_train"][0, ..., 0], example, arrays["y_train"][0, ..., 0]]],
+              ["training slice", "with lesions", "mask (unchanged: lung)"], title="Diseased lung is lung",
+              path=output_dir / "figures" / "02_lesions.png", synthetic=dataset["synthetic"], size=3.2);
 
 # %% [markdown]
 # ## Save the arrays and the settings

@@ -166,8 +166,8 @@ callbacks = [
     keras.callbacks.CSVLogger(models_dir / "resunet.in-progress_history.csv"),
     keras.callbacks.TerminateOnNaN(),
 ]
-model.fit(train_data, validation_data=val_data, epochs=EPOCHS, callbacks=callbacks, verbose=2,
-          shuffle=False)  # tf.data shuffles already
+history = model.fit(train_data, validation_data=val_data, epochs=EPOCHS, callbacks=callbacks, verbose=2,
+                    shuffle=False)  # tf.data shuffles already; the history is also in the CSV
 
 # %%
 settings = {**preprocessing, "epochs": EPOCHS, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
