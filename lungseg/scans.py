@@ -298,7 +298,8 @@ def find_scans(input_path, series: str | None = None, pixel_spacing_mm: float | 
 # and beside the body the air by the arms or hips; and where disease fills the lung it may leave out
 # what no longer looks dark. A volume shows what a slice cannot, so a volume's mask is judged in 3D
 # by anatomy, as lungmask does, on its connected regions (SciPy's `ndimage.label`):
-# - lung lies inside the body (each slice's outline of tissue, holes filled);
+# - lung lies inside the body: in each slice, what tissue (above -500 HU) encloses, the outline closed
+#   along the image's edges where the body runs off them (a patient wider than the field of view);
 # - lung holds vessels and walls: it is not pure gas (its median lies above -970 HU, darker than any
 #   training lung);
 # - lung lies above the diaphragm: a region half of whose voxels have another lung region straight
@@ -337,6 +338,23 @@ def split_lungs(mask: np.ndarray) -> np.ndarray:
     return labels
 
 
+def inside_body(hu: np.ndarray, tissue_hu: float = -500.0) -> np.ndarray:
+    """What a slice's tissue (above ``tissue_hu``) encloses. Where the body runs off the image (a patient
+    wider than the field of view), its outline is closed along that edge, between the first and the
+    last tissue pixel on it: the air left open to the image's edge is outside, the rest inside."""
+    tissue = hu > tissue_hu
+    closed = tissue.copy()
+    for edge in (closed[0], closed[-1], closed[:, 0], closed[:, -1]):  # views: closing them closes `closed`
+        present = np.flatnonzero(edge)
+        if len(present):
+            edge[present[0]:present[-1] + 1] = True
+    air, _ = ndimage.label(~closed)
+    outside = np.zeros(air.max() + 1, bool)
+    outside[np.concatenate([air[0], air[-1], air[:, 0], air[:, -1]])] = True
+    outside[0] = False  # label 0: the closed outline and the tissue
+    return ~outside[air]
+
+
 def keep_lungs(mask: np.ndarray, scan: Scan, min_share: float = 0.1, gas_hu: float = -970.0,
                under_share: float = 0.5, fill: bool = True) -> np.ndarray:
     """The connected regions of a volume's mask[slice, row, column] (slices going up) that can be lung,
@@ -350,7 +368,7 @@ def keep_lungs(mask: np.ndarray, scan: Scan, min_share: float = 0.1, gas_hu: flo
     for k in np.flatnonzero(np.any(mask, axis=(1, 2))):  # the slices with lung found
         labels = regions[k]
         volume += np.bincount(labels.ravel(), minlength=found + 1) * voxel_ml[k]
-        inside += np.bincount(labels[ndimage.binary_fill_holes(scan.hu[k] > -500)], minlength=found + 1) * voxel_ml[k]
+        inside += np.bincount(labels[inside_body(scan.hu[k])], minlength=found + 1) * voxel_ml[k]
         gas += np.bincount(labels[scan.hu[k] <= gas_hu], minlength=found + 1) * voxel_ml[k]
     lung_like = (inside >= 0.5 * volume) & (gas < 0.5 * volume)
     lung_like[0] = False  # label 0 is the background

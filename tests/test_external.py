@@ -180,6 +180,26 @@ def test_the_3d_step_drops_lung_like_specks_and_keeps_large_parts(cip_scan):
     assert scans.keep_lungs(np.zeros_like(lungs), scan).sum() == 0
 
 
+@pytest.mark.parametrize("columns, cuts_lungs", [((2, 62), False), ((8, 56), True)])
+def test_a_body_wider_than_the_field_of_view_keeps_its_lungs(cip_scan, columns, cuts_lungs):
+    from scipy import ndimage
+
+    lungs = _reference_in_model_axes(cip_scan)
+    crop = (slice(None), slice(None), slice(*columns))  # the image's side edges cut the body (and the lungs)
+    hu, lungs = cip_scan.hu[crop].copy(), lungs[crop]
+    scan = scans.Scan("wide", "volume", hu, cip_scan.pixel_spacing_mm, cip_scan.slice_thickness_mm)
+    with_lung = np.flatnonzero(lungs.any(axis=(1, 2)))
+    assert (hu[:, :, [0, -1]] > -500).any(axis=1).all()  # tissue runs off both side edges on every slice
+    assert lungs[:, :, [0, -1]].any() == cuts_lungs
+    old_inside = np.stack([ndimage.binary_fill_holes(h > -500) for h in hu])  # the rule before: the outline never closed
+    assert (old_inside[lungs > 0].mean() < 0.5) == cuts_lungs  # under it, lungs cut by the edge were not inside the body
+    outside = np.zeros_like(lungs)
+    outside[with_lung[5]:with_lung[5] + 6, 1:3, 1:4] = True  # air in the corner, outside the body
+    assert (hu[outside.astype(bool)] < -900).all()
+    kept = scans.keep_lungs(lungs | outside, scan)
+    np.testing.assert_array_equal(kept, lungs)  # both lungs kept whole, the air outside dropped
+
+
 def test_no_lungs_found_on_the_abdomen_series(tmp_path):
     _external()
     model, record = lu.load_trained_model(COMMITTED)
