@@ -82,10 +82,12 @@ def main(argv=None) -> int:
         print("Interrupted (Ctrl-C): the scans finished so far have their files and their rows in measurements.csv.",
               file=sys.stderr)
         return 130
-    problems = table.attrs["problems"]
+    problems, flagged = table.attrs["problems"], table.attrs["flagged"]
     print(f"segmented {table.attrs['segmented']} scan(s) in {time.perf_counter() - started:.0f} s into {Path(args.output_dir).resolve()}"
-          + (f"; {len(problems)} input(s) could not be used (listed above)" if problems else ""))
-    return 1 if problems else 0
+          + (f"; {len(problems)} input(s) could not be used (listed above)" if problems else "")
+          + (f"; {len(flagged)} scan(s) not measured: their lungs cannot be a human's at their voxel size "
+             "(listed above; the note column says what to check)" if flagged else ""))
+    return 1 if problems or flagged else 0
 
 
 if __name__ == "__main__":

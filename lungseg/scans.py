@@ -445,6 +445,104 @@ def _bounding_box(mask: np.ndarray) -> tuple:
     return tuple(ranges)
 
 
+# Before a volume is segmented, its values are checked against the one thing every CT shows: the air
+# around the patient reads -1000 HU. The outside air is what is dark and connected to the image's
+# border, without the padding outside the scanner's field of view (a constant, e.g. -3024 or -2048,
+# or a band far below the air); its most common value is the air's reading, and the brightest of
+# several slices' readings is the volume's. An offset of 1024 (HU
+# stored as HU+1024, or the rescale intercept applied twice) puts the air near +24 or -2048, and the
+# models would find no lung, so it is refused with the fix; a scale is said.
+
+
+def outside_air_hu(hu: np.ndarray, slices: int = 9) -> float | None:
+    """The value the air around the patient reads in a volume hu[slice, row, column]: the brightest reading
+    of up to ``slices`` slices of its middle 60% (a slice whose field of view the body fills shows only
+    padding, which is darker than air), or None where no slice shows outside air."""
+    picks = np.unique(np.linspace(0.2 * (len(hu) - 1), 0.8 * (len(hu) - 1), min(slices, len(hu))).round().astype(int))
+    readings = [reading for reading in (_outside_air_of_slice(hu[k]) for k in picks) if reading is not None]
+    return max(readings) if readings else None
+
+
+def _outside_air_of_slice(image: np.ndarray, gap_hu: float = 200.0) -> float | None:
+    image = np.asarray(image, np.float32)
+    padding = image == image.min()
+    if padding.mean() < 0.01:  # a constant fill outside the field of view, or none
+        padding[:] = False
+    values = image[~padding]
+    dark = (image < (np.percentile(values, 2) + np.percentile(values, 98)) / 2) & ~padding
+    regions, _ = ndimage.label(dark)
+    seeds = ndimage.binary_dilation(padding)
+    seeds[[0, -1]], seeds[:, [0, -1]] = True, True
+    touching = np.unique(regions[seeds & dark])
+    air = np.sort(image[np.isin(regions, touching[touching > 0])])
+    gaps = np.flatnonzero(np.diff(air) > gap_hu)  # padding in a band of its own, below the air
+    air = air[gaps[-1] + 1:] if len(gaps) else air
+    if air.size < 0.01 * image.size:
+        return None
+    counts, edges = np.histogram(air, bins=np.arange(air[0], air[-1] + 2 * 10.0, 20.0))
+    return float(edges[np.argmax(counts)] + 10.0)
+
+
+def check_air(scan: Scan) -> str | None:
+    """Refuse a volume whose outside air reads about 1024 HU off -1000 (naming the fix); return a note
+    where it reads otherwise off (a scale), None where it reads as CT air or cannot be found."""
+    if scan.kind != "volume":
+        return None
+    check_hu(scan.hu, scan.source or scan.name)  # first the plain check: air and tissue at all
+    air = outside_air_hu(scan.hu)
+    if air is None or abs(air + 1000) <= 120:
+        return None
+    seen = f"{scan.source or scan.name}: the air around the patient reads {air:+.0f} HU, where CT air is -1000"
+    if abs(air - 24) <= 220:
+        raise LungsegError(f"{seen}: the values look like HU+1024 (stored values without the rescale intercept). "
+                           "Subtract 1024 (DICOM: RescaleIntercept -1024; NIfTI: scl_inter -1024) and run again.")
+    if abs(air + 2048) <= 220:
+        raise LungsegError(f"{seen}: the values look like HU-1024 (the rescale intercept applied twice). Add 1024 "
+                           "(give the files as the scanner wrote them, or set the intercept to 0) and run again.")
+    if -2000 < air < 0:
+        return (f"{seen}: the values look scaled by {air / -1000:.2f} (the Kaggle slices are stored at about 0.8x; "
+                f"01_download calibrates them). Multiply them by {-1000 / air:.2f} for HU-based measurements to hold.")
+    raise LungsegError(f"{seen}: these values are not HU. Convert the scan to HU (DICOM: RescaleSlope and "
+                       "RescaleIntercept) and run again.")
+
+
+# What is measured must be a human lung's size. Set from physiology: an adult's lungs hold up to
+# about 9 L at full inspiration (total lung capacity; the tallest adults), a third more where
+# emphysema over-inflates them; no lung is longer than 40 cm in any direction (apex to base about
+# 30 cm, a chest about 35 cm across); a newborn's lungs hold about 150 mL. A volume outside these
+# bounds means the voxel size is wrong (a file that lost its geometry, a slice spacing mistyped),
+# and it is flagged, never reported.
+MAX_LUNG_ML, MAX_LUNG_EXTENT_MM, MIN_WHOLE_LUNGS_ML = 12_000.0, 400.0, 150.0
+IMPLAUSIBLE = "not a human lung's size at this voxel size, so not measured"
+
+
+def implausible_lungs(scan: Scan, labels: np.ndarray, volume_ml: float) -> str | None:
+    """Why the lungs in labels[slice, row, column] cannot be a human's at the scan's voxel size, or None."""
+    lung = labels > 0
+    if scan.kind != "volume" or not lung.any():
+        return None
+    spacing = (float(np.mean(scan.slice_thickness_mm)),) + tuple(scan.pixel_spacing_mm)
+    box = _bounding_box(lung)
+    extent = [float(scan.slice_thickness_mm[box[0]].sum()), (box[1].stop - box[1].start) * spacing[1],
+              (box[2].stop - box[2].start) * spacing[2]]
+    whole = not lung[0].any() and not lung[-1].any()  # lung-free slices below and above: the lungs lie whole in it
+    if volume_ml > MAX_LUNG_ML:
+        why = f"{volume_ml:,.0f} mL of lung, more than any human lung holds (up to about {MAX_LUNG_ML / 1000:.0f} L)"
+    elif max(extent) > MAX_LUNG_EXTENT_MM:
+        why = f"lungs {max(extent):,.0f} mm long, where no lung reaches {MAX_LUNG_EXTENT_MM:.0f} mm"
+    elif whole and volume_ml < MIN_WHOLE_LUNGS_ML:
+        why = (f"whole lungs (lung-free slices above and below) of {volume_ml:,.1f} mL, less than a newborn's "
+               f"(about {MIN_WHOLE_LUNGS_ML:.0f} mL)")
+    else:
+        return None
+    voxels = f"{spacing[1]:g} x {spacing[2]:g} x {spacing[0]:g} mm"
+    if np.allclose(spacing, 1.0):
+        check = f"the voxels are {voxels}, NIfTI's default when a file lost its geometry (e.g. made from PNG slices)"
+    else:
+        check = f"the voxels are {voxels} (rows x columns x slices): check the pixel spacing and the slice spacing"
+    return f"{IMPLAUSIBLE}: {why}; {check}. Re-export the scan with its geometry (e.g. dcm2niix)."
+
+
 NO_LUNG_ML = 20.0  # less lung than this in a volume: "no lungs found"
 
 
@@ -485,7 +583,10 @@ def scan_measurements(scan: Scan, labels: np.ndarray, pixel_spacing_mm: float | 
             return float((part.sum(axis=(1, 2)) * scan.slice_thickness_mm).sum() * pixel_area / 1000)
         row.update(lung_volume_ml=millilitres(lung), right_volume_ml=millilitres(labels == 1),
                    left_volume_ml=millilitres(labels == 2))
-        if row["lung_volume_ml"] < NO_LUNG_ML:
+        implausible = implausible_lungs(scan, labels, row["lung_volume_ml"])
+        if implausible:  # flagged, never reported as a result
+            row.update(lung_volume_ml=np.nan, right_volume_ml=np.nan, left_volume_ml=np.nan, note=implausible)
+        elif row["lung_volume_ml"] < NO_LUNG_ML:
             row["note"] = f"no lungs found ({row['lung_volume_ml']:.1f} mL): is this a chest CT?"
     inside = scan.hu[lung].astype(np.float64)
     percentiles = np.percentile(inside, [5, 15, 95]) if inside.size else [np.nan] * 3
@@ -545,7 +646,8 @@ def predict_scans(model, settings: dict, input_path, output_dir, *, threshold: f
     """Segment the lungs in your CT (see find_scans for what ``input_path`` may be) and write, into
     ``output_dir``, each scan's mask and preview and ``measurements.csv``/``.json``. Returns the
     measurements (with rows of earlier runs into the same folder); ``.attrs["problems"]`` lists the
-    inputs that could not be used, ``.attrs["segmented"]`` counts the scans of this call."""
+    inputs that could not be used, ``.attrs["flagged"]`` the scans whose lungs cannot be a human's at their
+    voxel size (segmented, not measured), ``.attrs["segmented"]`` counts the scans of this call."""
     from lungseg.outputs import OutputFolder  # never replaces your files; records each scan as it is written
 
     outputs = OutputFolder(output_dir)
@@ -554,11 +656,13 @@ def predict_scans(model, settings: dict, input_path, output_dir, *, threshold: f
                                                                 "best_val_dice", "model_file")},
               "labels": {"0": "background", "1": "right lung", "2": "left lung (volumes)"},
               "versions": library_versions()}
-    rows, problems = [], []
+    rows, problems, flagged = [], [], []
     try:
         for source, read in find_scans(input_path, series, pixel_spacing_mm, exclude=outputs.own_files()):
             try:
                 scan = read()
+                air = check_air(scan)  # refuses values about 1024 off HU; says a scale
+                scan.notes += [air] if air else []
                 for note in scan.notes:
                     log(" ".join(note.split()))
                 labels = segment_scan(model, scan, settings, threshold, postprocess, batch_size, progress)
@@ -572,6 +676,8 @@ def predict_scans(model, settings: dict, input_path, output_dir, *, threshold: f
                              **write_scan_outputs(scan, labels, outputs), "input": str(Path(source).resolve())})
                 if "note" in rows[-1]:
                     log(f"{source}: {rows[-1]['note']}")
+                if str(rows[-1].get("note", "")).startswith(IMPLAUSIBLE):
+                    flagged.append(f"{source}: {rows[-1]['note']}")
             except LungsegError as error:
                 problems.append(" ".join(str(error).split()))  # one line per input
                 log(f"not segmented: {problems[-1]}")
@@ -581,7 +687,7 @@ def predict_scans(model, settings: dict, input_path, output_dir, *, threshold: f
     finally:
         outputs.close()
     segmented = len(rows)
-    table.attrs.update(problems=problems, segmented=segmented)
+    table.attrs.update(problems=problems, segmented=segmented, flagged=flagged)
     return table
 
 

@@ -329,3 +329,81 @@ def test_an_output_folder_that_cannot_be_written_stops_before_segmenting(committ
     with pytest.raises(LungsegError, match="readonly is not writable") as error:  # root may write anywhere: as a user
         _predict(committed, real_data / "2d_images" / real_names[0], output)
     assert "\n" not in str(error.value) and list(output.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- what cannot be a lung, or HU, is said
+CIP = REPO_ROOT.parent / "shared" / "data" / "external-ct" / "cip-copdgene-64" / "ct-64Dicom"  # 4,554 mL of lung
+
+
+@pytest.fixture(scope="module")
+def cip_chest():
+    """The CIP chest (a real whole chest CT, 79 slices of 64 x 64) in its own array axes and affine."""
+    if not CIP.is_dir():
+        pytest.skip("../shared/data/external-ct is not beside the repository")
+    scan = scans.find_scans(CIP)[0][1]()
+    return scans.from_model_axes(scan.hu, scan.orientation).astype(np.int16), scan.affine
+
+
+def _nifti(folder, name, values, affine):
+    folder.mkdir(exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(values, np.int16), affine), folder / f"{name}.nii.gz")
+
+
+def test_volumes_that_cannot_be_a_human_lung_are_flagged_not_reported(committed, cip_chest, tmp_path):
+    data, affine = cip_chest
+    slices_100mm = affine.copy()
+    slices_100mm[:3, 2] *= 100 / np.linalg.norm(affine[:3, 2])
+    tiny_pixels = slices_100mm.copy()
+    tiny_pixels[:3, :2] *= 0.01 / np.linalg.norm(affine[:3, 0])
+    for name, grid in (("a_true", affine), ("b_slices_100mm", slices_100mm), ("c_geometry_lost", np.eye(4)),
+                       ("d_tiny_pixels", tiny_pixels)):
+        _nifti(tmp_path / "in", name, data, grid)
+    table, said = _predict(committed, tmp_path / "in", tmp_path / "out")
+    rows = table.set_index("name")
+    assert rows.lung_volume_ml["a_true"] == pytest.approx(4554, rel=0.05) and pd.isna(rows.note["a_true"])
+    flagged = ["b_slices_100mm", "c_geometry_lost", "d_tiny_pixels"]
+    assert [f.split("/")[-1].split(".nii")[0] for f in table.attrs["flagged"]] == flagged and not table.attrs["problems"]
+    for name in flagged:
+        assert rows.note[name].startswith(scans.IMPLAUSIBLE) and f"{name}.nii.gz: {scans.IMPLAUSIBLE}" in said
+        assert rows.loc[name, ["lung_volume_ml", "right_volume_ml", "left_volume_ml"]].isna().all()  # never a result
+        assert (tmp_path / "out" / f"{name}_mask.nii.gz").is_file()  # the mask is still written: its voxels are right
+    assert "more than any human lung holds" in rows.note["b_slices_100mm"]
+    assert "the voxels are 1 x 1 x 1 mm, NIfTI's default when a file lost its geometry" in rows.note["c_geometry_lost"]
+    assert "no lungs found" not in rows.note["d_tiny_pixels"] and "mm long" in rows.note["d_tiny_pixels"]
+    saved = pd.read_csv(tmp_path / "out" / "measurements.csv").set_index("name")
+    assert saved.lung_volume_ml.isna().tolist() == [False, True, True, True]
+
+
+def test_predict_sh_exits_non_zero_when_a_scan_is_flagged(cip_chest, tmp_path):
+    import subprocess
+
+    data, _ = cip_chest
+    _nifti(tmp_path, "pngs", data, np.eye(4))
+    done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "predict.sh"), str(tmp_path / "pngs.nii.gz"),
+                           str(tmp_path / "out"), "--no-progress"], capture_output=True, text=True)
+    assert done.returncode == 1 and "1 scan(s) not measured" in done.stdout and scans.IMPLAUSIBLE in done.stderr
+
+
+def test_values_off_hu_are_told_by_the_air_around_the_patient(committed, cip_chest, tmp_path):
+    data, affine = cip_chest
+    field_of_view = np.hypot(*np.meshgrid(np.arange(64) - 31.5, np.arange(64) - 31.5, indexing="ij")) <= 31
+    padded = np.where(field_of_view[..., None], data, -3024)  # the scanner's padding outside the field of view
+    _nifti(tmp_path / "in", "a_true", data, affine)
+    _nifti(tmp_path / "in", "b_plus_1024", padded + 1024, affine)  # padding reads -2000, air +24
+    _nifti(tmp_path / "in", "c_intercept_twice", data - 1024, affine)  # air -2048
+    _nifti(tmp_path / "in", "d_scaled", np.round(data * 0.8), affine)  # as the Kaggle slices are stored
+    assert np.min(padded + 1024) == -2000 and np.min(data) < -500 and np.max(data) > 0  # a min/max check passes
+    table, said = _predict(committed, tmp_path / "in", tmp_path / "out")
+    problems = table.attrs["problems"]
+    assert list(table.name) == ["a_true", "d_scaled"] and len(problems) == 2
+    assert "b_plus_1024.nii.gz: the air around the patient reads +" in problems[0]
+    assert "look like HU+1024" in problems[0] and "Subtract 1024" in problems[0]
+    assert "c_intercept_twice.nii.gz: the air around the patient reads -" in problems[1]
+    assert "intercept applied twice" in problems[1] and "Add 1024" in problems[1]
+    assert "d_scaled.nii.gz: the air around the patient reads -" in said and "look scaled by 0.7" in said
+    assert "a_true.nii.gz: the air" not in said
+    readings = {name: scans.outside_air_hu(scans.read_nifti(tmp_path / "in" / f"{name}.nii.gz").hu)
+                for name in ("a_true", "b_plus_1024", "c_intercept_twice")}
+    assert readings["a_true"] == pytest.approx(-1000, abs=60)  # 4 mm pixels: the air's edge blurs into the body
+    assert readings["b_plus_1024"] - readings["a_true"] == pytest.approx(1024, abs=60)  # the padding left out
+    assert readings["a_true"] - readings["c_intercept_twice"] == pytest.approx(1024, abs=60)
