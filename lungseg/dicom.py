@@ -4,6 +4,7 @@ path, and the tests' series: rescale slope/intercept, shuffled file names, a loc
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +84,73 @@ def write_dicom_series(slices_hu, folder, *, pixel_spacing_mm=(0.8, 0.8), positi
         dataset.save_as(path, enforce_file_format=True)
         written.append(path)
     return written
+
+
+# The anatomic codes of the two segments (SNOMED CT, as DICOM's CID 7150 "Segmentation Property
+# Categories" and the lung entries of its anatomic context groups give them).
+RIGHT_LUNG = ("3341006", "SCT", "Right lung")
+LEFT_LUNG = ("44029006", "SCT", "Left lung")
+
+
+def write_dicom_seg(source_files, frames: np.ndarray, path, model_name: str, series_description: str = "") -> Path:
+    """A DICOM Segmentation object (highdicom) for a CT series: ``frames[k]`` (rows x columns, 0 background,
+    1 right lung, 2 left lung) lies on ``source_files[k]``, which it references instance by instance, so a
+    viewer (3D Slicer's DICOM module, OHIF, a PACS) shows it on the source frames. Two segments, coded
+    as right and left lung; the algorithm identification names lungseg and the model."""
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+    from importlib.metadata import version
+
+    from pydicom.sr.coding import Code
+
+    software = f"lungseg, keras {version('keras')}"
+    sources = [_complete(pydicom.dcmread(file, stop_before_pixels=True, force=True), file) for file in source_files]
+    algorithm = hd.AlgorithmIdentificationSequence(name="lungseg", family=codes.DCM.ArtificialIntelligence,
+                                                   version=model_name or "unknown")
+    segments = [hd.seg.SegmentDescription(segment_number=number, segment_label=code[2],
+                                          segmented_property_category=codes.SCT.AnatomicalStructure,
+                                          segmented_property_type=Code(*code),
+                                          algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                                          algorithm_identification=algorithm)
+                for number, code in ((1, RIGHT_LUNG), (2, LEFT_LUNG))]
+    with warnings.catch_warnings():  # the source's patient name is copied as it is, e.g. "Anonymous"
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+        seg = _segmentation(hd, sources, frames, segments, model_name, software, series_description)
+    seg.save_as(path)
+    return Path(path)
+
+
+# Attributes a SEG copies from its source that DICOM lets a file leave empty (type 2) but not out, and
+# that real files do leave out (the LIDC slices have no PatientID): empty in the copies read for it.
+TYPE_2 = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+          "AccessionNumber", "ReferringPhysicianName")
+
+
+def _complete(dataset, path):
+    """The copy of a source header that a SEG is made from: the instance's UIDs from its file meta where the
+    data set leaves them empty, the type 2 attributes present; without a study to belong to, no SEG."""
+    meta = getattr(dataset, "file_meta", None)
+    for key, meta_key, default in (("SOPClassUID", "MediaStorageSOPClassUID", CT_IMAGE_STORAGE),
+                                   ("SOPInstanceUID", "MediaStorageSOPInstanceUID", "")):
+        if not str(dataset.get(key) or ""):
+            setattr(dataset, key, str(getattr(meta, meta_key, "") or default))
+    for key in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not str(dataset.get(key) or ""):
+            raise ValueError(f"{Path(path).name} has no {key} (anonymised?): a SEG could not be placed in its study")
+    if not dataset.get("Modality"):
+        dataset.Modality = "CT"  # only CT is segmented (its SOP class said so)
+    for key in TYPE_2:
+        if key not in dataset:
+            setattr(dataset, key, "")
+    return dataset
+
+
+def _segmentation(hd, sources, frames, segments, model_name, software, series_description):
+    return hd.seg.Segmentation(
+        source_images=sources, pixel_array=np.asarray(frames, np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segments,
+        series_instance_uid=hd.UID(), series_number=int(sources[0].get("SeriesNumber") or 0) + 1000,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="lungseg",
+        manufacturer_model_name=model_name or "lungseg", software_versions=software,
+        device_serial_number="none", series_description=series_description or f"lungseg {model_name} lungs".strip())

@@ -48,6 +48,7 @@ class Scan:
     orientation: np.ndarray | None = None  # the input's axes, as nibabel's io_orientation gives them
     source: str = ""
     notes: list = field(default_factory=list)
+    source_files: list = field(default_factory=list)  # a DICOM series' files in slice order: the mask's frames
 
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -190,7 +191,7 @@ def read_dicom_series(files, name: str, pixel_spacing_mm: float | None = None) -
         neighbours = np.concatenate([[gaps[0]], (gaps[:-1] + gaps[1:]) / 2, [gaps[-1]]])
         thickness = neighbours if orientation[2, 1] == 1 else neighbours[::-1]  # the model's slices go up (S)
     return Scan(name, "volume", hu, (float(zooms[1]), float(zooms[0])), thickness, affine, orientation,
-                str(kept[0][0].parent), notes)
+                str(kept[0][0].parent), notes, [path for path, _ in kept])
 
 
 
@@ -615,18 +616,32 @@ def mask_overlay(image01: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def write_scan_outputs(scan: Scan, labels: np.ndarray, outputs) -> dict:
-    """The mask file (NIfTI for a volume, PNG for a slice) and a preview PNG; returns their paths."""
+def write_scan_outputs(scan: Scan, labels: np.ndarray, outputs, model_name: str = "", log=print) -> dict:
+    """The mask file (NIfTI for a volume, PNG for a slice; for a DICOM series also a DICOM Segmentation on
+    its source frames) and a preview PNG; returns their paths."""
     import cv2
 
-    name = scan.name
+    name, written = scan.name, {}
     if scan.kind == "volume":
         import nibabel as nib
 
         mask_path = outputs.path(f"{name}_mask.nii.gz")
-        image = nib.Nifti1Image(from_model_axes(labels, scan.orientation).astype(np.uint8), scan.affine)
+        on_input = from_model_axes(labels, scan.orientation).astype(np.uint8)  # the input's array axes
+        image = nib.Nifti1Image(on_input, scan.affine)
         image.header.set_xyzt_units("mm")
         nib.save(image, mask_path)
+        if scan.source_files:  # (column, row, slice) of the series -> one frame (row, column) per source file
+            from lungseg.dicom import write_dicom_seg
+
+            seg_path = outputs.path(f"{name}_seg.dcm")
+            try:
+                write_dicom_seg(scan.source_files, on_input.transpose(2, 1, 0), seg_path, model_name)
+                written["dicom_seg"] = str(seg_path)
+            except Exception as error:  # a series highdicom cannot reference: the NIfTI mask holds the same labels
+                seg_path.unlink(missing_ok=True)
+                log(f"{scan.source}: no DICOM Segmentation written ({type(error).__name__}: "
+                    f"{' '.join(str(error).split())[:200]}); {mask_path.name} holds the same labels.")
+                written["dicom_seg"] = ""
     else:
         mask_path = outputs.path(f"{name}_mask.png")
         cv2.imwrite(str(mask_path), (labels[0] > 0).astype(np.uint8) * 255)
@@ -637,7 +652,7 @@ def write_scan_outputs(scan: Scan, labels: np.ndarray, outputs) -> dict:
     figure = show_pairs([pictures], [f"slice {k + 1} of {len(labels)}" for k in shown], title=title,
                         path=outputs.path(f"{name}_preview.png"), size=2.4)
     plt.close(figure)
-    return {"mask": str(mask_path), "preview": str(outputs.folder / f"{name}_preview.png")}
+    return {"mask": str(mask_path), **written, "preview": str(outputs.folder / f"{name}_preview.png")}
 
 
 def predict_scans(model, settings: dict, input_path, output_dir, *, threshold: float = 0.5, postprocess: bool = True,
@@ -673,7 +688,8 @@ def predict_scans(model, settings: dict, input_path, output_dir, *, threshold: f
                                        "DICOM needs its rescale slope and intercept).")
                 scan.name = outputs.name_for(scan.name, source)  # two patients' chest.nii.gz: chest, chest-2
                 rows.append({**scan_measurements(scan, labels, pixel_spacing_mm),
-                             **write_scan_outputs(scan, labels, outputs), "input": str(Path(source).resolve())})
+                             **write_scan_outputs(scan, labels, outputs, record["model"], log),
+                             "input": str(Path(source).resolve())})
                 if "note" in rows[-1]:
                     log(f"{source}: {rows[-1]['note']}")
                 if str(rows[-1].get("note", "")).startswith(IMPLAUSIBLE):

@@ -407,3 +407,50 @@ def test_values_off_hu_are_told_by_the_air_around_the_patient(committed, cip_che
     assert readings["a_true"] == pytest.approx(-1000, abs=60)  # 4 mm pixels: the air's edge blurs into the body
     assert readings["b_plus_1024"] - readings["a_true"] == pytest.approx(1024, abs=60)  # the padding left out
     assert readings["a_true"] - readings["c_intercept_twice"] == pytest.approx(1024, abs=60)
+
+
+# --------------------------------------------------------------------------- a mask a DICOM viewer opens
+def test_a_dicom_series_gets_a_dicom_seg_on_its_source_frames_equal_to_the_nifti_mask(committed, tmp_path):
+    import highdicom as hd
+
+    if not CIP.is_dir():
+        pytest.skip("../shared/data/external-ct is not beside the repository")
+    table, _ = _predict(committed, CIP, tmp_path / "out")
+    seg = hd.seg.segread(table.dicom_seg[0])
+    sources = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: pydicom.dcmread(f, stop_before_pixels=True)
+               for f in sorted(CIP.iterdir())}
+    assert seg.Modality == "SEG" and seg.SeriesInstanceUID not in {s.SeriesInstanceUID for s in sources.values()}
+    assert [(s.SegmentNumber, s.SegmentLabel, s.SegmentedPropertyTypeCodeSequence[0].CodeValue) for s in
+            seg.SegmentSequence] == [(1, "Right lung", "3341006"), (2, "Left lung", "44029006")]
+    assert all(s.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "lungseg" and
+               s.SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion == "resunet" for s in seg.SegmentSequence)
+    for frame in seg.PerFrameFunctionalGroupsSequence:  # each frame lies on the source instance it references
+        uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        np.testing.assert_allclose(frame.PlanePositionSequence[0].ImagePositionPatient,
+                                   sources[uid].ImagePositionPatient, atol=1e-3)
+    order = sorted(sources, key=lambda uid: float(sources[uid].ImagePositionPatient[2]))  # the series going up
+    labels = seg.get_pixels_by_source_instance(order, combine_segments=True)  # 0, 1 right, 2 left per source frame
+    nifti = np.asarray(nib.load(table["mask"][0]).dataobj).transpose(2, 1, 0)  # (column, row, slice) -> frames
+    assert labels.shape == nifti.shape == (79, 64, 64) and (nifti == 1).sum() > 1000 and (nifti == 2).sum() > 1000
+    np.testing.assert_array_equal(labels, nifti)  # voxel for voxel
+
+
+def test_a_nifti_gets_no_dicom_seg(committed, slices, tmp_path):
+    nib.save(nib.Nifti1Image(np.stack(slices, axis=-1).transpose(1, 0, 2), np.diag([-0.8, -0.8, 5.0, 1.0])),
+             tmp_path / "chest.nii.gz")
+    table, _ = _predict(committed, tmp_path / "chest.nii.gz", tmp_path / "out")
+    assert "dicom_seg" not in table and not list((tmp_path / "out").glob("*.dcm"))
+
+
+def test_a_series_lacking_what_a_seg_needs_keeps_its_nifti_mask_and_says_why(committed, slices, tmp_path):
+    import highdicom as hd
+
+    plain = write_dicom_series(slices, tmp_path / "plain", pixel_spacing_mm=(0.7, 0.7), slice_spacing_mm=5.0)
+    assert "PatientID" not in pydicom.dcmread(plain[0])  # type 2, often left out: written empty in the SEG
+    table, said = _predict(committed, plain[0].parent, tmp_path / "out1")
+    assert hd.seg.segread(table.dicom_seg[0]).PatientID == "" and "no DICOM Segmentation" not in said
+    folder = _series_without(slices, tmp_path / "no_frame", "FrameOfReferenceUID")
+    table, said = _predict(committed, folder, tmp_path / "out2")
+    assert table.lung_volume_ml[0] > 0 and not table.attrs["problems"] and not list((tmp_path / "out2").glob("*.dcm"))
+    assert "no_frame: no DICOM Segmentation written (ValueError: Source images have no Frame Of Reference UID" in said
+    assert "no_frame_mask.nii.gz holds the same labels" in said
