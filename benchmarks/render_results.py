@@ -275,7 +275,20 @@ def speed_section(speed: dict) -> list[str]:
     rates = list(next(iter(inference["slices_per_s"].values())))
     lines += [f"| **slices/s**, {rate} | " + " | ".join(f"**{inference['slices_per_s'][n][rate]:.0f}**" for n in names)
               + " |" for rate in rates]
-    return lines + [""]
+    lines.append("")
+    if "own_scan" in speed:
+        scan = speed["own_scan"]
+        sh = scan["predict_sh"]
+        lines += [f"Your own scans ({scan.get('date', speed['date'])}, `--parts own_scan`), the path users run "
+                  f"(`bash scripts/predict.sh`), on a NIfTI of {scan['slices']} real "
+                  f"{scan['size'][0]}x{scan['size'][1]} slices, with the committed {VARIANTS.get(scan['model'], scan['model'])}: "
+                  f"predict.sh took {sh['wall_s']:.1f} s in a fresh process, of which start-up (libraries, model and its "
+                  f"trace, once for a whole folder of scans) {sh['start_up_s']:.1f} s and the scan, from reading it to "
+                  f"its files, {sh['segmenting_s']:.1f} s. Warm, the fastest of 3:", "",
+                  "| stage | slices/s |", "|---|---|"]
+        lines += [f"| {stage} | {rate:.0f} |" for stage, rate in scan["slices_per_s"].items() if rate is not None]
+        lines.append("")
+    return lines
 
 
 def _number(value, digits=1, suffix=""):

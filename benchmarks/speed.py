@@ -1,8 +1,9 @@
 """Where the time goes on this machine: the pipeline notebook by notebook, training steps with and
-without XLA or bfloat16, and inference at 512x512 stage by stage.
+without XLA or bfloat16, inference at 512x512 stage by stage, and the own-scan path (predict.sh).
 
     .venv/bin/python benchmarks/speed.py --data-dir ../shared/data/finding-lungs-in-ct-data
     .venv/bin/python benchmarks/speed.py --data-dir ... --parts inference training_steps   # ~5 min
+    .venv/bin/python benchmarks/speed.py --data-dir ... --parts own_scan                   # ~1 min
 
 Inference uses the committed models (``models/``) on every slice of the data folder at its native
 512x512: reading the file, windowing + resizing to the model's size, the network, resizing the
@@ -146,7 +147,55 @@ def pipeline(data_dir: Path) -> dict:
             "command": "python -m lungseg.runner"}
 
 
-PARTS = {"inference": inference, "training_steps": lambda _: training_steps(), "pipeline": pipeline}
+def own_scan(data_dir: Path, slices: int = 133) -> dict:
+    """The own-scan path as users run it, beside the bare network: ``scripts/predict.sh`` in a fresh process
+    (start-up apart), then in this process, warm, ``predict_scans`` (reading to files), ``segment_scan``
+    (the slices and the 3D step) and the network alone, on a NIfTI of ``slices`` real 512x512 slices
+    (calibrated to standard HU, 0.7 mm pixels, 2.5 mm apart: no anatomy across slices, a chest's size)."""
+    import tempfile
+
+    import nibabel as nib
+
+    import lungseg_utils as lu
+    from lungseg import scans
+
+    model, record = lu.load_trained_model(REPO_ROOT / "models" / "resunet.keras")
+    files = sorted((data_dir / "2d_images").glob("*.tif"))[:slices]
+    hu = [np.round(lu.to_standard_hu(lu.read_slice(f), record["hu_calibration"])).astype(np.int16) for f in files]
+    with tempfile.TemporaryDirectory() as work:
+        scan_path = Path(work) / "chest.nii.gz"
+        nib.save(nib.Nifti1Image(np.stack(hu, axis=-1).transpose(1, 0, 2), np.diag([-0.7, -0.7, 2.5, 1.0])), scan_path)
+        started = time.perf_counter()
+        done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "predict.sh"), str(scan_path), str(Path(work) / "sh"),
+                               "--no-progress"], capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if done.returncode:
+            raise SystemExit(f"predict.sh failed:\n{done.stderr[-3000:]}")
+        start_up = re.search(r"start-up ([\d.]+) s", done.stdout)
+        segmenting = re.search(r"in ([\d.]+) s \(", done.stdout)
+        scan = scans.read_scan(scan_path)
+        scans.segment_scan(model, scan, record)  # warm-up: the network's one trace
+        runs = iter(range(10))
+        whole_s, _ = timed(lambda: scans.predict_scans(model, record, scan_path, Path(work) / f"py{next(runs)}",
+                                                       log=lambda line: None))
+        segment_s, _ = timed(lambda: scans.segment_scan(model, scan, record))
+        batch = np.stack([lu.preprocess_slice(h, record["img_size"], record["hu_min"], record["hu_max"]) for h in hu])[..., None]
+        network = getattr(scans, "_network", lambda _: None)(model)  # (None in the code before it)
+        traced_s, _ = timed(lambda: [network(batch[i:i + 8]).numpy() for i in range(0, len(batch), 8)], 5) if network \
+            else (None, None)
+        predict_s, _ = timed(lambda: [model.predict(batch[i:i + 32], batch_size=8, verbose=0)
+                                      for i in range(0, len(batch), 32)], 5)
+    rate = lambda seconds: round(len(hu) / seconds, 1) if seconds else None  # noqa: E731
+    return {"slices": len(hu), "size": list(hu[0].shape), "model": "resunet",
+            "predict_sh": {"wall_s": round(wall, 1), "start_up_s": float(start_up.group(1)) if start_up else None,
+                           "segmenting_s": float(segmenting.group(1)) if segmenting else None},
+            "slices_per_s": {"predict_scans: reading to files (start-up apart)": rate(whole_s),
+                             "segment_scan: the slices and the 3D step": rate(segment_s),
+                             "the network alone, one traced call per batch of 8 (the path's)": rate(traced_s),
+                             "the network alone, model.predict per 32 slices (before)": rate(predict_s)}}
+
+
+PARTS = {"inference": inference, "training_steps": lambda _: training_steps(), "pipeline": pipeline, "own_scan": own_scan}
 
 
 def main(argv=None) -> int:
@@ -161,10 +210,14 @@ def main(argv=None) -> int:
     data_dir = args.data_dir.resolve()
     path = RESULTS / "speed.json"
     record = json.loads(path.read_text()) if path.is_file() and set(args.parts) != set(PARTS) else {}
-    record.update({"device": report.describe_device(), "date": time.strftime("%Y-%m-%d"), "versions": report.library_versions(),
+    today = time.strftime("%Y-%m-%d")
+    record.update({"device": report.describe_device(), "versions": report.library_versions(),
                    "command": f"python benchmarks/speed.py --data-dir {shlex.quote(str(args.data_dir))}"})
+    record.setdefault("date", today)  # of the whole; a part measured alone carries its own
     for part in args.parts:
-        record[part] = PARTS[part](data_dir)
+        record[part] = {**PARTS[part](data_dir), "date": today}
+    if set(args.parts) == set(PARTS):
+        record["date"] = today
     report.write_json(path, record)
     print(json.dumps(record, indent=1))
     print("wrote", path)

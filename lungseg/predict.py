@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+STARTED = time.perf_counter()  # start-up is counted from here: Python's own start is a fraction of a second
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = "resunet"  # generalises better to other scanners than the U-Net (RESULTS.md)
 
@@ -61,15 +62,18 @@ def main(argv=None) -> int:
     if args.pixel_spacing is not None and not 0 < args.pixel_spacing < math.inf:  # nan and inf too
         parser.error(f"--pixel-spacing {args.pixel_spacing}: give the pixel size in mm, a positive number")
 
-    import lungseg_utils as lu
+    import lungseg_utils as lu  # TensorFlow and Keras: most of the start-up
     from lungseg import scans
 
-    started = time.perf_counter()
+    started = STARTED
     try:
         model_path = find_model(args.model)
         model, record = lu.load_trained_model(model_path)
+        scans.prepare_network(model, record, args.batch_size)
         print(f"model: {model_path} ({record.get('model', args.model)}, {record.get('img_size')} px, validation Dice "
-              f"{record.get('best_val_dice', float('nan')):.4f}{lu.data_label(bool(record.get('synthetic')))})", flush=True)
+              f"{record.get('best_val_dice', float('nan')):.4f}{lu.data_label(bool(record.get('synthetic')))}); "
+              f"start-up {time.perf_counter() - started:.1f} s (libraries, model and its trace, once for all scans)", flush=True)
+        segmenting = time.perf_counter()
         table = scans.predict_scans(model, record, args.input, args.output_dir, threshold=args.threshold,
                                  postprocess=not args.no_postprocess, batch_size=args.batch_size, series=args.series,
                                  pixel_spacing_mm=args.pixel_spacing, progress=not args.no_progress,
@@ -82,8 +86,10 @@ def main(argv=None) -> int:
         print("Interrupted (Ctrl-C): the scans finished so far have their files and their rows in measurements.csv.",
               file=sys.stderr)
         return 130
-    problems, flagged = table.attrs["problems"], table.attrs["flagged"]
-    print(f"segmented {table.attrs['segmented']} scan(s) in {time.perf_counter() - started:.0f} s into {Path(args.output_dir).resolve()}"
+    problems, flagged, seconds = table.attrs["problems"], table.attrs["flagged"], time.perf_counter() - segmenting
+    slices = table.attrs["slices"]
+    print(f"segmented {table.attrs['segmented']} scan(s), {slices} slices, in {seconds:.1f} s "
+          f"({slices / max(seconds, 1e-9):.0f} slices/s, reading and writing included) into {Path(args.output_dir).resolve()}"
           + (f"; {len(problems)} input(s) could not be used (listed above)" if problems else "")
           + (f"; {len(flagged)} scan(s) not measured: their lungs cannot be a human's at their voxel size "
              "(listed above; the note column says what to check)" if flagged else ""))

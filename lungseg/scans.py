@@ -21,6 +21,7 @@ Three things matter before a 2D model can segment a volume:
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,8 +32,8 @@ from scipy import ndimage
 
 from lungseg.files import is_dicom
 from lungseg.report import library_versions
-from lungseg_utils import (IMAGE_SUFFIXES, LungsegError, _probabilities, check_hu, check_settings, clean_mask,
-                           read_slice, show_pairs, window_hu)
+from lungseg_utils import (IMAGE_SUFFIXES, LungsegError, check_hu, check_settings, clean_mask, preprocess_slice,
+                           read_slice, resize_image, show_pairs, window_hu)
 
 
 @dataclass
@@ -329,13 +330,15 @@ def split_lungs(mask: np.ndarray) -> np.ndarray:
     low, high = columns[0], columns[-1]
     band = np.arange(low + int(0.3 * (high - low)), high - int(0.3 * (high - low)) + 1)
     split = band[np.lexsort((np.abs(band - (low + high) / 2), profile[band]))[0]]  # fewest voxels, then central
-    regions, _ = ndimage.label(mask)
+    whole = _bounding_box(mask)  # all of the mask lies in it
+    regions, _ = ndimage.label(mask[whole])
+    inner = labels[whole]  # a view: labelling it labels `labels`
     for index, box in enumerate(ndimage.find_objects(regions), start=1):
         inside = regions[box] == index
-        column = np.arange(box[2].start, box[2].stop)[None, None, :]
+        column = np.arange(whole[2].start + box[2].start, whole[2].start + box[2].stop)[None, None, :]
         right_share = np.count_nonzero(inside & (column < split)) / np.count_nonzero(inside)
         side = 1 if right_share >= 0.95 else 2 if right_share <= 0.05 else np.where(column < split, 1, 2)
-        labels[box][inside] = np.broadcast_to(side, inside.shape)[inside]
+        inner[box][inside] = np.broadcast_to(side, inside.shape)[inside]
     return labels
 
 
@@ -360,26 +363,30 @@ def keep_lungs(mask: np.ndarray, scan: Scan, min_share: float = 0.1, gas_hu: flo
                under_share: float = 0.5, fill: bool = True) -> np.ndarray:
     """The connected regions of a volume's mask[slice, row, column] (slices going up) that can be lung,
     by the rules above, with the holes that they enclose filled. Counted slice by slice, so a large
-    scan needs little memory beyond its labels."""
-    regions, found = ndimage.label(mask)
-    if not found:
-        return mask.astype(np.uint8)
+    scan needs little memory beyond its labels; within the mask's bounding box, where all of it lies
+    (only "inside the body" looks at whole slices)."""
+    if not np.any(mask):
+        return np.asarray(mask).astype(np.uint8)
+    box = _bounding_box(mask)
+    regions, found = ndimage.label(mask[box])
+    hu = scan.hu[box]
     volume, inside, gas = np.zeros(found + 1), np.zeros(found + 1), np.zeros(found + 1)  # mL per region
-    voxel_ml = scan.slice_thickness_mm * np.prod(scan.pixel_spacing_mm) / 1000
-    for k in np.flatnonzero(np.any(mask, axis=(1, 2))):  # the slices with lung found
+    voxel_ml = scan.slice_thickness_mm[box[0]] * np.prod(scan.pixel_spacing_mm) / 1000
+    for k in np.flatnonzero(np.any(regions, axis=(1, 2))):  # the slices with lung found
         labels = regions[k]
         volume += np.bincount(labels.ravel(), minlength=found + 1) * voxel_ml[k]
-        inside += np.bincount(labels[inside_body(scan.hu[k])], minlength=found + 1) * voxel_ml[k]
-        gas += np.bincount(labels[scan.hu[k] <= gas_hu], minlength=found + 1) * voxel_ml[k]
+        inside += np.bincount(labels[inside_body(scan.hu[box[0].start + k])[box[1:]]], minlength=found + 1) * voxel_ml[k]
+        gas += np.bincount(labels[hu[k] <= gas_hu], minlength=found + 1) * voxel_ml[k]
     lung_like = (inside >= 0.5 * volume) & (gas < 0.5 * volume)
     lung_like[0] = False  # label 0 is the background
     keep = lung_like & (volume >= min_share * volume[lung_like].max(initial=0))
-    under = _under_other_regions(regions, np.flatnonzero(keep), scan.hu)
+    under = _under_other_regions(regions, np.flatnonzero(keep), hu)
     for index, share in under.items():
         if share >= under_share:
             keep[index] = False
     keep &= volume >= min_share * volume[keep].max(initial=0)
-    kept = keep[regions]
+    kept = np.zeros(np.shape(mask), bool)
+    kept[box] = keep[regions]
     return (_fill_enclosed(kept) if fill else kept).astype(np.uint8)
 
 
@@ -393,18 +400,17 @@ def _under_other_regions(regions: np.ndarray, indices, hu: np.ndarray, tissue_hu
     for index in indices:  # each region's lowest and highest slice in every (row, column)
         box = boxes[index - 1]
         inside = regions[box] == index
-        heights = np.arange(box[0].start, box[0].stop)[:, None, None]
+        present = inside.any(axis=0)
         top, bottom = np.full(regions.shape[1:], -1, np.int32), np.full(regions.shape[1:], regions.shape[0], np.int32)
-        top[box[1:]] = np.where(inside, heights, -1).max(axis=0)
-        bottom[box[1:]] = np.where(inside, heights, regions.shape[0]).min(axis=0)
+        top[box[1:]] = np.where(present, box[0].stop - 1 - np.argmax(inside[::-1], axis=0), -1)
+        bottom[box[1:]] = np.where(present, box[0].start + np.argmax(inside, axis=0), regions.shape[0])
         extent[index] = top, bottom
     shares = {}
     for index in indices:
         box = boxes[index - 1]
         top = extent[index][0][box[1:]]
         rows = slice(box[0].start, regions.shape[0])  # from this region up to the top of the scan
-        tissue = np.concatenate([np.zeros((1,) + top.shape, np.int32),
-                                 np.cumsum(hu[rows][(slice(None),) + box[1:]] > tissue_hu, axis=0, dtype=np.int32)])
+        tissue = _count_up(hu[rows][(slice(None),) + box[1:]] > tissue_hu)
         under = np.zeros(top.shape, bool)
         for other in indices:
             if other == index:
@@ -418,6 +424,16 @@ def _under_other_regions(regions: np.ndarray, indices, hu: np.ndarray, tissue_hu
         inside = regions[box] == index
         shares[index] = float(np.count_nonzero(inside & under[None]) / np.count_nonzero(inside))
     return shares
+
+
+def _count_up(dense: np.ndarray) -> np.ndarray:
+    """counts[j] = how many of dense[:j] are true in each (row, column): a cumulative sum along the slices
+    with a zero slice first, added slice by slice (numpy's cumsum along the first axis of a large boolean
+    array is many times slower)."""
+    counts = np.zeros((len(dense) + 1,) + dense.shape[1:], np.int32)
+    for j, plane in enumerate(dense):
+        np.add(counts[j], plane, out=counts[j + 1])
+    return counts
 
 
 def _fill_enclosed(mask: np.ndarray) -> np.ndarray:
@@ -547,6 +563,37 @@ def implausible_lungs(scan: Scan, labels: np.ndarray, volume_ml: float) -> str |
 NO_LUNG_ML = 20.0  # less lung than this in a volume: "no lungs found"
 
 
+_NETWORKS = weakref.WeakKeyDictionary()  # model -> its forward pass, traced once for any batch size
+
+
+def _network(model):
+    """``model(x, training=False)`` as one traced function. It computes what ``model.predict`` computes for
+    the same batches, without predict's set-up on every call and its new trace for every new batch size
+    (the last, shorter batch of each scan); a folder of scans traces it once."""
+    import tensorflow as tf
+
+    if model not in _NETWORKS:
+        _NETWORKS[model] = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
+                                       input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)])
+    return _NETWORKS[model]
+
+
+def prepare_network(model, settings: dict, batch_size: int = 8) -> None:
+    """Trace the model's forward pass and set up its kernels for a full batch now (about a second), so
+    that no scan pays for it."""
+    size = settings["img_size"]
+    _network(model)(np.zeros((batch_size, size, size, 1), np.float32))
+
+
+def _scan_probabilities(model, slices, settings: dict, batch_size: int) -> list:
+    """As ``lungseg_utils.predict_probabilities`` (the same inputs, in the same batches), through :func:`_network`."""
+    network = _network(model)
+    batch = np.stack([preprocess_slice(np.asarray(s), settings["img_size"], settings["hu_min"], settings["hu_max"])
+                      for s in slices])[..., None]
+    probabilities = np.concatenate([network(batch[i:i + batch_size]).numpy() for i in range(0, len(batch), batch_size)])
+    return [resize_image(p, np.shape(s)) for p, s in zip(probabilities[..., 0], slices)]
+
+
 def segment_scan(model, scan: Scan, settings: dict, threshold: float = 0.5, postprocess: bool = True,
                  batch_size: int = 8, progress: bool = False) -> np.ndarray:
     """Labels[slice, row, column] for a Scan: 0 background, 1 right lung, 2 left lung (a slice: 1 lung)."""
@@ -558,7 +605,7 @@ def segment_scan(model, scan: Scan, settings: dict, threshold: float = 0.5, post
     with tqdm(total=len(scan.hu), desc=scan.name, unit="slice", disable=not progress or scan.kind == "slice") as bar:
         for start in range(0, len(scan.hu), 4 * batch_size):
             chunk = list(scan.hu[start:start + 4 * batch_size])
-            for offset, probability in enumerate(_probabilities(model, chunk, settings, batch_size)):
+            for offset, probability in enumerate(_scan_probabilities(model, chunk, settings, batch_size)):
                 mask = (probability >= threshold).astype(np.uint8)
                 masks[start + offset] = clean_mask(mask) if postprocess else mask
             bar.update(len(chunk))
@@ -703,7 +750,8 @@ def predict_scans(model, settings: dict, input_path, output_dir, *, threshold: f
     finally:
         outputs.close()
     segmented = len(rows)
-    table.attrs.update(problems=problems, segmented=segmented, flagged=flagged)
+    table.attrs.update(problems=problems, segmented=segmented, flagged=flagged,
+                       slices=int(sum(row["slices"] for row in rows)))
     return table
 
 

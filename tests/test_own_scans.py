@@ -275,24 +275,25 @@ def test_a_second_run_into_the_same_folder_at_once_is_refused(committed, real_da
     assert len(_predict(committed, real_data / "2d_images" / real_names[0], tmp_path / "out")[0]) == 1
 
 
-def test_an_interrupted_run_keeps_the_rows_of_the_scans_it_finished(committed, real_data, real_names, tmp_path):
+def test_an_interrupted_run_keeps_the_rows_of_the_scans_it_finished(committed, real_data, real_names, tmp_path,
+                                                                   monkeypatch):
     model, record = committed
+    network, calls = scans._scan_probabilities, []
 
-    class InterruptedLater:  # Ctrl-C while the second slice is segmented
-        name, calls = "resunet", 0
+    def interrupted_later(*args, **kwargs):  # Ctrl-C while the second slice is segmented
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return network(*args, **kwargs)
 
-        def predict(self, *args, **kwargs):
-            self.calls += 1
-            if self.calls > 1:
-                raise KeyboardInterrupt
-            return model.predict(*args, **kwargs)
-
+    monkeypatch.setattr(scans, "_scan_probabilities", interrupted_later)
     folder = tmp_path / "two"
     folder.mkdir()
     for name in real_names[:2]:
         (folder / name).write_bytes((real_data / "2d_images" / name).read_bytes())
     with pytest.raises(KeyboardInterrupt):
-        scans.predict_scans(InterruptedLater(), record, folder, tmp_path / "out", log=lambda line: None)
+        scans.predict_scans(model, record, folder, tmp_path / "out", log=lambda line: None)
+    monkeypatch.setattr(scans, "_scan_probabilities", network)
     assert pd.read_csv(tmp_path / "out" / "measurements.csv").name.tolist() == [real_names[0]]
     saved = json.loads((tmp_path / "out" / "measurements.json").read_text())
     assert f"{real_names[0]}_mask.png" in saved["outputs"]
@@ -382,6 +383,7 @@ def test_predict_sh_exits_non_zero_when_a_scan_is_flagged(cip_chest, tmp_path):
     done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "predict.sh"), str(tmp_path / "pngs.nii.gz"),
                            str(tmp_path / "out"), "--no-progress"], capture_output=True, text=True)
     assert done.returncode == 1 and "1 scan(s) not measured" in done.stdout and scans.IMPLAUSIBLE in done.stderr
+    assert "start-up" in done.stdout and "79 slices, in" in done.stdout  # start-up said apart from the scan's time
 
 
 def test_values_off_hu_are_told_by_the_air_around_the_patient(committed, cip_chest, tmp_path):
@@ -454,3 +456,11 @@ def test_a_series_lacking_what_a_seg_needs_keeps_its_nifti_mask_and_says_why(com
     assert table.lung_volume_ml[0] > 0 and not table.attrs["problems"] and not list((tmp_path / "out2").glob("*.dcm"))
     assert "no_frame: no DICOM Segmentation written (ValueError: Source images have no Frame Of Reference UID" in said
     assert "no_frame_mask.nii.gz holds the same labels" in said
+
+
+def test_the_own_scan_path_computes_what_keras_predict_computes(committed, slices):
+    model, record = committed
+    volume = slices * 3  # 18 slices: two full batches of 8 and a shorter one
+    fast = scans._scan_probabilities(model, volume, record, batch_size=8)
+    keras_predict = lu.predict_probabilities(model, volume, record, batch_size=8)
+    assert len(fast) == 18 and all(np.array_equal(a, b) for a, b in zip(fast, keras_predict))  # to the last bit
