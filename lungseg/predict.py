@@ -54,6 +54,10 @@ def main(argv=None) -> int:
                              "DICOM without PixelSpacing or ImagerPixelSpacing")
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: 0.5)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    options = {option for action in parser._actions for option in action.option_strings}
+    for argument in sys.argv[1:] if argv is None else argv:  # a file named like an option: -scan.nii.gz
+        if argument.startswith("-") and argument.split("=")[0] not in options and Path(argument).exists():
+            parser.error(f"{argument} is taken for an option; give the file as ./{argument}")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size {args.batch_size}: give a positive number of slices")
@@ -88,8 +92,9 @@ def main(argv=None) -> int:
         return 130
     problems, flagged, seconds = table.attrs["problems"], table.attrs["flagged"], time.perf_counter() - segmenting
     slices = table.attrs["slices"]
-    print(f"segmented {table.attrs['segmented']} scan(s), {slices} slices, in {seconds:.1f} s "
-          f"({slices / max(seconds, 1e-9):.0f} slices/s, reading and writing included) into {Path(args.output_dir).resolve()}"
+    rate = f" ({slices / seconds:.0f} slices/s, reading and writing included)" if slices and seconds > 0 else ""
+    print(f"segmented {table.attrs['segmented']} scan(s), {slices} slices, in {seconds:.1f} s{rate} "
+          f"into {Path(args.output_dir).resolve()}"
           + (f"; {len(problems)} input(s) could not be used (listed above)" if problems else "")
           + (f"; {len(flagged)} scan(s) not measured: their lungs cannot be a human's at their voxel size "
              "(listed above; the note column says what to check)" if flagged else ""))

@@ -50,6 +50,7 @@ class Scan:
     source: str = ""
     notes: list = field(default_factory=list)
     source_files: list = field(default_factory=list)  # a DICOM series' files in slice order: the mask's frames
+    grid: np.ndarray | None = None  # a series with missing slices: each file's slice index on the even grid
 
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -166,12 +167,21 @@ def read_dicom_series(files, name: str, pixel_spacing_mm: float | None = None) -
     positions = origins @ normal
     gaps = np.diff(positions)
     if len(gaps) and gaps.min() < 0.01:
-        twin = kept[int(np.argmin(gaps)) + 1][0]
-        raise LungsegError(f"{twin}: at the same position as another slice of series {name}; a series has one slice "
-                           "per position. Remove the duplicate (or choose one series with --series).")
+        first = int(np.argmin(gaps))
+        raise LungsegError(f"{kept[first][0]} and {kept[first + 1][0]}: two slices of series {name} at the same position "
+                           f"({positions[first]:.2f} mm along the slice normal); a series has one slice per position. "
+                           "Remove the duplicate (or choose one series with --series).")
+    grid = None  # where the mask file's slices lie, when the spacing is uneven: None = as the files lie
     if len(gaps) and gaps.max() - gaps.min() > 0.01 * np.median(gaps) + 0.01:
-        notes.append(f"{name}: uneven slice spacing ({gaps.min():.2f}..{gaps.max():.2f} mm): volumes use each "
-                     "slice's real position; the mask file's affine has the mean spacing.")
+        steps = gaps / gaps.min()
+        if np.all(np.abs(steps - np.round(steps)) <= 0.01 * np.round(steps)):  # missing slices of an even series
+            grid = np.concatenate([[0], np.cumsum(np.round(steps).astype(int))])
+            notes.append(f"{name}: {grid[-1] + 1 - len(grid)} slice(s) missing ({gaps.min():.2f} mm apart, gaps up to "
+                         f"{gaps.max():.2f} mm): volumes use each slice's real position; the mask file keeps the "
+                         "spacing, with an empty slice at each missing position.")
+        else:
+            notes.append(f"{name}: uneven slice spacing ({gaps.min():.2f}..{gaps.max():.2f} mm): volumes use each "
+                         "slice's real position; the mask file's affine has the mean spacing.")
     slices = []
     for path, header in kept:
         slices.append(read_slice(path))  # stored values * RescaleSlope + RescaleIntercept: HU
@@ -192,7 +202,7 @@ def read_dicom_series(files, name: str, pixel_spacing_mm: float | None = None) -
         neighbours = np.concatenate([[gaps[0]], (gaps[:-1] + gaps[1:]) / 2, [gaps[-1]]])
         thickness = neighbours if orientation[2, 1] == 1 else neighbours[::-1]  # the model's slices go up (S)
     return Scan(name, "volume", hu, (float(zooms[1]), float(zooms[0])), thickness, affine, orientation,
-                str(kept[0][0].parent), notes, [path for path, _ in kept])
+                str(kept[0][0].parent), notes, [path for path, _ in kept], grid)
 
 
 
@@ -260,6 +270,11 @@ def find_scans(input_path, series: str | None = None, pixel_spacing_mm: float | 
             dicoms.setdefault(str(header.get("SeriesInstanceUID") or "unknown"), []).append((file, header))
         elif suffix in IMAGE_SUFFIXES:
             scans.append((file, lambda file=file: read_image_slice(file)))
+        elif suffix == ".zip":
+            folder = file.with_suffix("")
+            scans.append((file, _refuse(f"{file}: a zip archive; lungseg reads the files, not the archive. Extract it "
+                                        f"and give the folder: python -m zipfile -e '{file}' '{folder}' (in a notebook, "
+                                        "with ! in front), then predict.sh on that folder.")))
         elif suffix in NOT_HU_SUFFIXES:
             scans.append((file, _refuse(f"{file}: a {suffix[1:].upper()} image has 8 bits and cannot hold Hounsfield "
                                         "units (HU). Export the CT as DICOM, NIfTI, int16 TIFF or 16-bit PNG (HU+1024).")))
@@ -674,7 +689,13 @@ def write_scan_outputs(scan: Scan, labels: np.ndarray, outputs, model_name: str 
 
         mask_path = outputs.path(f"{name}_mask.nii.gz")
         on_input = from_model_axes(labels, scan.orientation).astype(np.uint8)  # the input's array axes
-        image = nib.Nifti1Image(on_input, scan.affine)
+        mask, affine = on_input, scan.affine
+        if scan.grid is not None:  # missing slices: the mask on the even grid, empty where no slice was
+            mask = np.zeros(on_input.shape[:2] + (scan.grid[-1] + 1,), np.uint8)
+            mask[:, :, scan.grid] = on_input
+            affine = scan.affine.copy()
+            affine[:3, 2] *= (len(scan.grid) - 1) / scan.grid[-1]  # the mean step -> the series' own step
+        image = nib.Nifti1Image(mask, affine)
         image.header.set_xyzt_units("mm")
         nib.save(image, mask_path)
         if scan.source_files:  # (column, row, slice) of the series -> one frame (row, column) per source file

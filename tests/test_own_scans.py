@@ -464,3 +464,31 @@ def test_the_own_scan_path_computes_what_keras_predict_computes(committed, slice
     fast = scans._scan_probabilities(model, volume, record, batch_size=8)
     keras_predict = lu.predict_probabilities(model, volume, record, batch_size=8)
     assert len(fast) == 18 and all(np.array_equal(a, b) for a, b in zip(fast, keras_predict))  # to the last bit
+
+
+def test_a_zip_of_dicom_names_the_command_that_extracts_it_and_that_command_works(committed, tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+
+    if not CIP.is_dir():
+        pytest.skip("../shared/data/external-ct is not beside the repository")
+    with zipfile.ZipFile(tmp_path / "chest.zip", "w") as archive:
+        for file in sorted(CIP.iterdir()):
+            archive.write(file, f"ct-64Dicom/{file.name}")
+    table, _ = _predict(committed, tmp_path / "chest.zip", tmp_path / "out")
+    problem = table.attrs["problems"][0]
+    assert "chest.zip: a zip archive" in problem and "python -m zipfile -e" in problem
+    command = problem.split(": python ")[1].split(" (in a notebook")[0]  # the command, as the user would run it
+    subprocess.run([sys.executable, *command.replace("'", "").split()], check=True)
+    table, _ = _predict(committed, tmp_path / "chest", tmp_path / "out")
+    assert table.slices.iloc[-1] == 79 and table.lung_volume_ml.iloc[-1] > 4000
+
+
+def test_a_file_named_like_an_option_gets_the_dot_slash_hint(tmp_path):
+    import subprocess
+
+    (tmp_path / "-scan.nii.gz").write_bytes(b"")
+    done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "predict.sh"), "-scan.nii.gz"], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert done.returncode == 2 and "give the file as ./-scan.nii.gz" in done.stderr

@@ -106,14 +106,36 @@ def test_a_dicom_series_with_slope_intercept_shuffled_files_and_a_localizer(comm
     assert row.right_volume_ml > 0 and row.left_volume_ml > 0
 
 
-def test_uneven_spacing_is_said_and_volumes_use_the_real_positions(committed, slices, tmp_path):
-    positions = [0.0, 2.0, 4.0, 10.0]  # a missing slice or two
-    write_dicom_series(slices[:4], tmp_path / "uneven", pixel_spacing_mm=(0.7, 0.7), positions_mm=positions)
-    table, said = _said(committed, tmp_path / "uneven", tmp_path / "out")
-    assert "uneven slice spacing (2.00..6.00 mm)" in said
-    counts = (np.asanyarray(nib.load(tmp_path / "out" / "uneven_mask.nii.gz").dataobj) > 0).sum(axis=(0, 1))
+def test_missing_slices_are_said_and_the_mask_lies_on_the_real_positions(committed, slices, tmp_path):
+    positions = [0.0, 2.0, 4.0, 10.0]  # an even series of 2 mm with the slices at 6 and 8 mm missing
+    write_dicom_series(slices[:4], tmp_path / "gap", pixel_spacing_mm=(0.7, 0.7), positions_mm=positions)
+    table, said = _said(committed, tmp_path / "gap", tmp_path / "out")
+    assert "2 slice(s) missing (2.00 mm apart, gaps up to 6.00 mm)" in said and "empty slice at each missing" in said
+    image = nib.load(tmp_path / "out" / "gap_mask.nii.gz")
+    mask = np.asanyarray(image.dataobj)
+    assert mask.shape[2] == 6 and not mask[:, :, [3, 4]].any() and mask[:, :, [0, 1, 2, 5]].any(axis=(0, 1)).all()
+    z = [float((image.affine @ [0, 0, k, 1])[2]) for k in range(6)]
+    np.testing.assert_allclose(z, [0, 2, 4, 6, 8, 10], atol=1e-6)  # each mask slice at its file's real position
+    counts = (mask > 0).sum(axis=(0, 1))[[0, 1, 2, 5]]
     thickness = np.array([2.0, 2.0, 4.0, 6.0])  # half the gaps to each neighbour; the ends their one gap
     assert table.lung_volume_ml[0] == pytest.approx((counts * thickness).sum() * 0.7 * 0.7 / 1000)
+
+
+def test_uneven_spacing_is_said_and_volumes_use_the_real_positions(committed, slices, tmp_path):
+    positions = [0.0, 2.0, 4.0, 7.3]  # not an even series with slices missing
+    write_dicom_series(slices[:4], tmp_path / "uneven", pixel_spacing_mm=(0.7, 0.7), positions_mm=positions)
+    table, said = _said(committed, tmp_path / "uneven", tmp_path / "out")
+    assert "uneven slice spacing (2.00..3.30 mm)" in said and "the mean spacing" in said
+    counts = (np.asanyarray(nib.load(tmp_path / "out" / "uneven_mask.nii.gz").dataobj) > 0).sum(axis=(0, 1))
+    thickness = np.array([2.0, 2.0, 2.65, 3.3])
+    assert len(counts) == 4 and table.lung_volume_ml[0] == pytest.approx((counts * thickness).sum() * 0.49 / 1000)
+
+
+def test_two_slices_at_one_position_are_both_named(committed, slices, tmp_path):
+    write_dicom_series(slices[:3], tmp_path / "twice", positions_mm=[0.0, 5.0, 5.0], file_names=["a.dcm", "b.dcm", "c.dcm"])
+    table, _ = _said(committed, tmp_path / "twice", tmp_path / "out")
+    problem = table.attrs["problems"][0]
+    assert "b.dcm and " in problem and "c.dcm: two slices of series twice at the same position (5.00 mm" in problem
 
 
 def test_several_series_the_largest_is_used_and_series_chooses(committed, slices, tmp_path):
