@@ -20,7 +20,7 @@
 #
 # We use Kevin Mader's *Finding and Measuring Lungs in CT Data* (Kaggle `kmader/finding-lungs-in-ct-data`):
 # 267 axial chest CT slices of 512x512 pixels, stored as int16 **Hounsfield units** (HU: air is
-# -1000, water 0, bone several hundred), each with a manual lung mask (0 = background, 255 = lung).
+# -1000, water 0, cortical bone above +1000), each with a manual lung mask (0 = background, 255 = lung).
 # This notebook gets the data, shows how to read a CT slice without losing its HU, and checks every
 # pair before anything is trained on it: a silent data problem (a missing mask, an 8-bit export)
 # ruins everything after it.
@@ -272,7 +272,7 @@ show_pairs(rows, ["CT slice (window -1000..400 HU)", "lung mask"], list(examples
 # %% [markdown]
 # ## Audit the labels
 # A mask can be binary, the right shape and still wrong: drawn by hand, or by a tool that failed.
-# One wrong mask among a few dozen costs its slice up to 0.5 Dice and drags every mean with it, and
+# One wrong mask among a few dozen costs its slice up to 1.0 Dice and drags every mean with it, and
 # a model trained on it learns the error. So every mask is checked against its own image, in HU,
 # for signs that no real lung mask shows:
 #
@@ -446,3 +446,24 @@ write_json(output_dir / "data" / "dataset.json",
            {**dataset, "pairs": len(pairs), "stats_csv": str(stats_csv) if stats_csv.is_file() else None,
             "hu_calibration": calibration})
 print("wrote", repo_path(output_dir / "data" / "pairs.csv"), "label_audit.csv and dataset.json")
+
+# %% [markdown]
+# ## What you learned
+# - CT values are Hounsfield units: air -1000, water 0, lung about -850, cortical bone above +1000.
+#   Read them with a reader that keeps int16 (tifffile; pydicom with the rescale slope and intercept),
+#   never with an image library's 8-bit default.
+# - Check every pair before anything is trained on it: files, shapes, binary masks, and masks that no
+#   real lung has (lung on the air outside the body).
+# - Anchor the numbers to tissue you know: these slices hold outside air, fat and soft tissue at 0.8
+#   times their HU, and one line of calibration makes them standard HU.
+#
+# ## Try this
+# 1. Read a slice with OpenCV's default, `cv2.imread(str(pairs.image_path[0]))`, and print its dtype,
+#    shape and range: `uint8 (512, 512, 3)` from 0 to 255. The HU are gone.
+# 2. Fit the calibration on the first 10 slices alone:
+#    `fit_hu_calibration(tissue_peaks(read_slice(p) for p in pairs.image_path[:10]))`. The scale moves by
+#    about 0.01 (1.24 against 1.25): ten slices already show how a collection was stored. (A test
+#    checks it: `tests/test_exercises.py`.)
+# 3. Make the audit stricter, `audit_mask(..., outside_fraction=0.005)`, and look at the masks it adds.
+#
+# **Next →** [02_preprocess](02_preprocess.ipynb): the HU window, the split, and augmentation.

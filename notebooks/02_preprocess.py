@@ -383,8 +383,8 @@ print("wrote", repo_path(arrays_path), f"({arrays_path.stat().st_size / 1e6:.0f}
 # a new random one each time a batch is drawn.
 #
 # **Intensity augmentation is on by default**, because the numbers are what differ most between
-# scanners. A scanner's calibration scales HU about water (the Kaggle slices were stored at 0.8x),
-# breathing and disease move lung between about -700 (expiration) and below -950 (emphysema), doses
+# scanners. Calibrated scanners agree on air and water, but a collection can be exported scaled (the
+# Kaggle slices were stored at 0.8x, which 01 undoes), breathing and disease move lung between about -700 (expiration) and below -950 (emphysema), doses
 # change the noise, and reconstruction kernels the sharpness. So each training slice gets, on the
 # image alone (the mask does not change): its HU multiplied by up to 1 ± `HU_SCALE` about water
 # (`RandomHUScale`, our one custom layer), ± `HU_SHIFT` HU added (`RandomBrightness`), Gaussian noise
@@ -478,3 +478,24 @@ title = "Training augmentation" if augmentation_on else "Augmentation example (n
 lu.show_pairs(rows, ["original"] + [f"augmented {i + 1}" for i in range(5)], ["image", "mask"], title=title,
               path=output_dir / "figures" / "02_augmentation.png", synthetic=dataset["synthetic"], size=2.2);
 print("augmented mask values:", np.unique(new_masks.numpy()))
+
+# %% [markdown]
+# ## What you learned
+# - The HU window decides what the network can see: -1000..400 keeps the lung's texture and the body
+#   around it, and maps both to [0, 1].
+# - The split is made once, by slice name, and written down (`split.csv`), so that every later
+#   notebook, and every rerun, tests on the same slices.
+# - Augmentation changes each training slice a little every epoch: geometry (rotation, flips) on image
+#   and mask together, intensity (HU scale and shift, noise, blur) on the image alone, so that other
+#   scanners look familiar.
+#
+# ## Try this
+# 1. Set `HU_MIN, HU_MAX = -160, 240`, a soft-tissue window, and rerun "The HU window": over 95% of the
+#    lung turns black (0), vessels and all; a model could not tell lung from outside air. (A test checks
+#    it: `tests/test_exercises.py`.)
+# 2. Set `SPLIT_SEED = 1` and compare `split.csv`: other slices are tested, and in 05 the scores move
+#    by a few thousandths. That is why the README's comparison rests on a 5-fold cross-validation.
+# 3. Draw the augmentation figure at `rotation_degrees=30` and `hu_scale=0.4`: where would a real scan
+#    never go?
+#
+# **Next →** [03_unet](03_unet.ipynb): a U-Net trained on these arrays.

@@ -390,3 +390,25 @@ for axis in axes:
     axis.set_xticks([]), axis.set_yticks([])
 figure.suptitle(f"U-Net on validation slice {arrays['names_val'][index]}" + data_label(preprocessing["synthetic"]))
 save_figure(figure, output_dir / "figures" / "03_probability_map.png", preprocessing["synthetic"]);
+
+# %% [markdown]
+# ## What you learned
+# - A U-Net: an encoder that halves the resolution four times, a bottleneck, and a decoder that brings
+#   each scale's features back through skip connections; a sigmoid gives each pixel's probability of lung.
+# - The loss adds binary cross-entropy (every pixel) and a soft Dice term (the overlap as a whole);
+#   Dice and IoU, thresholded at 0.5, are the metrics.
+# - `tf.data` feeds augmented batches; `fit` with `ModelCheckpoint` keeps the epoch with the best
+#   validation score, not the last.
+#
+# ## Try this
+# 1. Build `build_unet(IMG_SIZE, BASE_FILTERS, depth=3)` and compare `model.count_params()`: a quarter of
+#    the parameters (121,737 against 487,881), since the deepest stage, with the most filters, holds most
+#    of them; `IMG_SIZE` then needs to be a multiple of 8 only. Train it: what does it cost in
+#    validation Dice? (The parameter count is checked by `tests/test_exercises.py`.)
+# 2. Train with the cross-entropy alone: `loss=lambda t, p: bce_dice_loss(t, p, dice_weight=0)`, and
+#    compare the training curves with these.
+# 3. In "Loss and metrics", score a prediction of 0.5 everywhere: its loss is lower than that of a mask
+#    with half the lung missing, though its Dice at 0.5 is no better. Why? (The BCE term charges a
+#    confident mistake far more than an unsure guess.)
+#
+# **Next →** [04_resunet](04_resunet.ipynb): the same network with residual blocks.

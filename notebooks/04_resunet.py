@@ -18,10 +18,13 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lungseg/lungseg/blob/main/notebooks/04_resunet.ipynb)
 #
-# The Residual U-Net (Zhang, Liu and Wang, 2018) keeps the U-Net's skeleton - 4 stages down, a
-# bottleneck, 4 stages up with transpose convolutions and concatenated skips - but replaces each
-# plain block by a *residual* block, whose output is its input plus a learned correction. Such
-# blocks pass gradients more easily and often train faster. The whole network is below; the data,
+# A Residual U-Net keeps the U-Net's skeleton - 4 stages down, a bottleneck, 4 stages up with
+# transpose convolutions and concatenated skips - but replaces each plain block by a *residual* block
+# (He et al., 2016), whose output is its input plus a learned correction. Ours uses He et al.'s
+# post-activation block, max-pooling and transpose convolutions; the ResUNet of Zhang, Liu and Wang
+# (2018) differs (pre-activation blocks, 3 levels, stride-2 convolutions). Residual blocks pass
+# gradients more easily through deep networks; their shortcuts make each epoch a little slower here.
+# The whole network is below; the data,
 # loss, metrics, pipeline and training are those of `03_unet` (imported from `lungseg_utils`), so
 # that `05_evaluate` compares the blocks and nothing else.
 
@@ -186,3 +189,23 @@ print(f"best epoch {record['best_epoch']} of {EPOCHS}: validation IoU {record['b
 # %%
 lu.plot_history({"Residual U-Net": pd.read_csv(models_dir / "resunet_history.csv")},
                 path=output_dir / "figures" / "04_resunet_curves.png", synthetic=preprocessing["synthetic"]);
+
+# %% [markdown]
+# ## What you learned
+# - A residual block adds a learned correction to its input; where the channels change, a 1x1
+#   convolution projects the shortcut so that the two can be added.
+# - The Residual U-Net is 03's U-Net with that block in every stage: the same skeleton, data, loss and
+#   training, so that 05 compares the blocks and nothing else.
+# - Residual connections are almost free: the whole difference in size is the projections.
+#
+# ## Try this
+# 1. Compare `build_resunet(256, 8).count_params()` with 03's `build_unet(256, 8)`: 511,121 against
+#    487,881, and the 23,240 more are exactly the 1x1 projections and their batch norms (the layers named
+#    `*_proj*`). (A test checks it: `tests/test_exercises.py`.)
+# 2. Write a *pre-activation* block (He et al., 2016; d2l's exercise): batch norm and ReLU before each
+#    convolution, and nothing after the sum. Build the network with it and train: does it change the
+#    validation Dice?
+# 3. Drop the shortcut (`return layers.Activation("relu")(y)`) and train again: the network is 03's
+#    U-Net with extra projections. Compare the curves.
+#
+# **Next →** [05_evaluate](05_evaluate.ipynb): both models on held-out slices, and on whole scans.
