@@ -144,6 +144,7 @@ def run_pipeline(parameters: dict, output_dir: str = "outputs", only=None, prepa
     from traitlets.config import Config
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the kernels inherit it: less TensorFlow chatter
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # no "Debugger warning: ... frozen modules" lines
 
     parameters = {**parameters, "OUTPUT_DIR": output_dir}
     executed_dir = REPO_ROOT / output_dir / "notebooks"
