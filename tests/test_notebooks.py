@@ -246,3 +246,21 @@ def test_a_notebook_alone_without_data_says_it_uses_synthetic_phantoms(tmp_path,
     said = capsys.readouterr().out
     assert "running 01_download first" in said and "SYNTHETIC phantoms, not real CT" in said
     assert json.loads((tmp_path / "out" / "data" / "dataset.json").read_text())["synthetic"] is True
+
+
+@pytest.mark.parametrize("notebook", sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.stem)
+def test_published_notebooks_come_from_one_clean_run(notebook):
+    """What a reader sees on GitHub or in Colab: cells run once each, in order, with no object reprs,
+    no absolute paths of the machine that ran them, no errors and no kernel warnings."""
+    import json
+    import re
+
+    cells = [cell for cell in json.loads(notebook.read_text())["cells"] if cell["cell_type"] == "code"]
+    assert [cell["execution_count"] for cell in cells] == list(range(1, len(cells) + 1))
+    outputs = [output for cell in cells for output in cell.get("outputs", [])]
+    assert not [output for output in outputs if output["output_type"] == "error"]
+    text = "\n".join("".join(output.get("text", "")) + "".join(output.get("data", {}).get("text/plain", ""))
+                     + "".join(output.get("data", {}).get("text/html", "")) for output in outputs)
+    for unwanted in (r"<[\w.]+ (object )?at 0x[0-9a-f]+>", r"(?<![\w.])/(work|tmp|root|home|content|Users)/",
+                     r"Debugger warning", r"[A-Z]:\\\\"):
+        assert not re.search(unwanted, text), f"{notebook.name}: {re.search(unwanted, text).group(0)!r} in its outputs"
