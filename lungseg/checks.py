@@ -123,10 +123,8 @@ def choose_models_dir(models_dir: str, output_dir, names: list, repo_root):
 
 def check_models_fit_data(records: dict, dataset: dict, models_dir) -> None:
     """Models that learnt real CT are not scored on synthetic phantoms: the score would measure nothing."""
-    from lungseg.report import repo_path
-
     real_ct_models = [name for name, record in records.items() if not record["synthetic"]]
     if dataset["synthetic"] and real_ct_models:
-        raise LungsegError(f"The data are SYNTHETIC phantoms, and {', '.join(real_ct_models)} in {repo_path(models_dir)} "
+        raise LungsegError(f"The data are SYNTHETIC phantoms, and {', '.join(real_ct_models)} in {Path(models_dir).resolve()} "
                            "learnt real CT: scoring them on phantoms measures nothing. Get the real data (01_download, "
                            "DATA_SOURCE), or train on the phantoms first (03_unet, 04_resunet) to evaluate those models here.")

@@ -92,16 +92,16 @@ RIGHT_LUNG = ("3341006", "SCT", "Right lung")
 LEFT_LUNG = ("44029006", "SCT", "Left lung")
 
 
-def write_dicom_seg(source_files, frames: np.ndarray, path, model_name: str, series_description: str = "") -> Path:
+def write_dicom_seg(source_files, frames: np.ndarray, path, model_name: str) -> Path:
     """A DICOM Segmentation object (highdicom) for a CT series: ``frames[k]`` (rows x columns, 0 background,
     1 right lung, 2 left lung) lies on ``source_files[k]``, which it references instance by instance, so a
     viewer (3D Slicer's DICOM module, OHIF, a PACS) shows it on the source frames. Two segments, coded
     as right and left lung; the algorithm identification names lungseg and the model."""
+    from importlib.metadata import version
+
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
-    from importlib.metadata import version
-
     from pydicom.sr.coding import Code
 
     software = f"lungseg, keras {version('keras')}"
@@ -116,7 +116,13 @@ def write_dicom_seg(source_files, frames: np.ndarray, path, model_name: str, ser
                 for number, code in ((1, RIGHT_LUNG), (2, LEFT_LUNG))]
     with warnings.catch_warnings():  # the source's patient name is copied as it is, e.g. "Anonymous"
         warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
-        seg = _segmentation(hd, sources, frames, segments, model_name, software, series_description)
+        seg = hd.seg.Segmentation(
+            source_images=sources, pixel_array=np.asarray(frames, np.uint8),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segments,
+            series_instance_uid=hd.UID(), series_number=int(sources[0].get("SeriesNumber") or 0) + 1000,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="lungseg",
+            manufacturer_model_name=model_name or "lungseg", software_versions=software,
+            device_serial_number="none", series_description=f"lungseg {model_name} lungs".strip())
     seg.save_as(path)
     return Path(path)
 
@@ -144,13 +150,3 @@ def _complete(dataset, path):
         if key not in dataset:
             setattr(dataset, key, "")
     return dataset
-
-
-def _segmentation(hd, sources, frames, segments, model_name, software, series_description):
-    return hd.seg.Segmentation(
-        source_images=sources, pixel_array=np.asarray(frames, np.uint8),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segments,
-        series_instance_uid=hd.UID(), series_number=int(sources[0].get("SeriesNumber") or 0) + 1000,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="lungseg",
-        manufacturer_model_name=model_name or "lungseg", software_versions=software,
-        device_serial_number="none", series_description=series_description or f"lungseg {model_name} lungs".strip())

@@ -41,9 +41,11 @@ def library_versions() -> dict:
 
 
 def repo_path(path) -> str:
-    """A path as the notebooks print it: relative to the repository, the same on every machine."""
+    """A path as the notebooks print it, the same on every machine: relative to the repository, and one
+    outside it (your data folder, a scan) by its name alone."""
     repository = next((p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lungseg_utils.py").is_file()), Path.cwd())
-    return os.path.relpath(Path(path).resolve(), repository)
+    relative = os.path.relpath(Path(path).resolve(), repository)
+    return Path(path).resolve().name if relative.startswith("..") else relative
 
 
 def config_table(config: dict) -> pd.DataFrame:

@@ -122,7 +122,7 @@ check_models_fit_data(records, dataset, models_dir)  # real-CT models are not sc
 synthetic = dataset["synthetic"] or any(record["synthetic"] for record in records.values())
 pixel_area = pixel_area_mm2(Path(dataset["root"]) / "lung_stats.csv")
 spacing_mm = float(np.sqrt(pixel_area))
-config_table({"models": models_dir, "MODELS": MODELS, "THRESHOLD": THRESHOLD, "PREDICT_DIR": PREDICT_DIR, "SCAN": SCAN,
+config_table({"models": models_dir, "MODELS": MODELS, "THRESHOLD": THRESHOLD, "PREDICT_DIR": PREDICT_DIR, "SCAN": repo_path(REPO_ROOT / SCAN) if SCAN else "",
               "data": dataset["source"] + lu.data_label(synthetic), "pixel spacing (mm)": round(spacing_mm, 4),
               "device": describe_device()})
 
