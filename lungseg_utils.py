@@ -41,11 +41,10 @@ with _quiet_native_stderr():
 
     tf.config.list_physical_devices("GPU")
 
+from lungseg.checks import check_settings  # noqa: E402  a model's record says its image size and HU window
+from lungseg.errors import LungsegError  # noqa: E402  the error every check raises: it names the file and the fix
+
 # ======================================== from notebooks/01_download.py
-
-
-class LungsegError(ValueError):
-    """A problem with the user's data or parameters; the message names the file or parameter and the fix."""
 
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".dcm")
@@ -69,7 +68,9 @@ def read_slice(path, *, png_hu_offset: int = PNG_HU_OFFSET) -> np.ndarray:
                 array = array.astype(np.int32) + png_hu_offset
         else:
             array = files.read_tiff(path)  # tifffile.imread(path): the int16 HU as stored
-    return files.check_slice(array, path)
+    array = files.check_slice(array, path)  # one 2-D slice: not a colour image, not a stack
+    check_finite(array, path)
+    return array
 
 
 def check_finite(image: np.ndarray, name) -> None:
@@ -352,13 +353,6 @@ def load_trained_model(path):
         raise explain_load_error(path, error) from None
     model.compile(loss=bce_dice_loss, metrics=[dice_coef, iou_coef])
     return model, record
-
-def check_settings(settings, name="settings") -> None:
-    """A model's record must say how its input was made: image size and HU window."""
-    missing = [key for key in ("img_size", "hu_min", "hu_max") if not isinstance(settings, dict) or key not in settings]
-    if missing:
-        raise LungsegError(f"{name} lacks {', '.join(missing)}: give the model's record (the .json written beside "
-                           "its .keras; load_trained_model returns it), which says how its input was made.")
 
 
 def predict_probabilities(model, slices_hu, settings: dict, batch_size: int = 8) -> list:

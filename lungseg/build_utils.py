@@ -59,6 +59,9 @@ with _quiet_native_stderr():
     from keras import ops
 
     tf.config.list_physical_devices("GPU")
+
+from lungseg.checks import check_settings  # noqa: E402  a model's record says its image size and HU window
+from lungseg.errors import LungsegError  # noqa: E402  the error every check raises: it names the file and the fix
 '''
 
 

@@ -7,7 +7,7 @@ import math
 import numbers
 from pathlib import Path
 
-from lungseg_utils import LungsegError, tf
+from lungseg.errors import LungsegError
 
 
 def estimate_training_memory_gb(img_size: int, base_filters: int, batch_size: int) -> float:
@@ -37,6 +37,8 @@ def check_training_settings(epochs, batch_size, img_size, base_filters, learning
         raise LungsegError(f"LEARNING_RATE={learning_rate!r}: use a positive number such as 0.003.")
     if isinstance(dice_weight, bool) or not isinstance(dice_weight, numbers.Real) or not 0 <= dice_weight < math.inf:
         raise LungsegError(f"DICE_WEIGHT={dice_weight!r}: use a number of at least 0 (1.0: BCE + Dice, 0: BCE alone).")
+    import tensorflow as tf
+
     if tf.config.list_physical_devices("GPU"):
         return
     needed, available = estimate_training_memory_gb(img_size, base_filters, batch_size), available_memory_gb()
@@ -58,12 +60,17 @@ def check_augmentation(augmentation: dict) -> None:
             raise LungsegError(f"{key.upper()}={value!r}: use a number from 0 (off) to {limit}.")
 
 
+def check_settings(settings, name="settings") -> None:
+    """A model's record must say how its input was made: image size and HU window."""
+    missing = [key for key in ("img_size", "hu_min", "hu_max") if not isinstance(settings, dict) or key not in settings]
+    if missing:
+        raise LungsegError(f"{name} lacks {', '.join(missing)}: give the model's record (the .json written beside "
+                           "its .keras; load_trained_model returns it), which says how its input was made.")
+
+
 def read_model_record(path) -> dict:
     """The record a model was trained with, ``<name>.json`` beside ``<name>.keras``; both files must be there."""
     import json
-    from pathlib import Path
-
-    from lungseg_utils import check_settings
 
     path = Path(path)
     for needed in (path, path.with_suffix(".json")):
@@ -96,8 +103,6 @@ def explain_load_error(path, error) -> LungsegError:
 
 def check_evaluation_settings(models: list, predict_model: str, predict_dir: str) -> None:
     """05's parameters: PREDICT_MODEL one of MODELS, PREDICT_DIR an existing path."""
-    from pathlib import Path
-
     if predict_model and predict_model not in models:
         raise LungsegError(f"PREDICT_MODEL={predict_model!r} is not one of MODELS={models}; use one of them or ''.")
     if predict_dir and not Path(predict_dir).expanduser().exists():

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lungseg_utils import IMAGE_SUFFIXES, LungsegError, check_hu, read_mask, read_slice
+from lungseg.errors import LungsegError
+from lungseg_utils import IMAGE_SUFFIXES, check_hu, read_mask, read_slice
 
 # Layouts we recognise, as (images folder, masks folder) relative to a data root.
 KAGGLE_LAYOUT = [("2d_images", "2d_masks")]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lungseg.errors import LungsegError
+
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
@@ -16,8 +18,6 @@ def check_decodable(dataset, path) -> None:
     """A compressed DICOM file whose decoder is missing raises LungsegError naming the compression
     (transfer syntax) and the packages that decode it, instead of pydicom's multi-line error."""
     from pydicom.pixels import get_decoder
-
-    from lungseg_utils import LungsegError
 
     syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is None or not syntax.is_compressed:

@@ -17,7 +17,8 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from lungseg.data import LungsegError, find_pairs
+from lungseg.data import find_pairs
+from lungseg.errors import LungsegError
 from lungseg.synthetic import write_synthetic_dataset
 
 KAGGLE_DATASET = "kmader/finding-lungs-in-ct-data"

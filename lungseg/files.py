@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lungseg_utils import LungsegError, check_finite
+from lungseg.errors import LungsegError
 
 
 def check_suffix(path, suffixes) -> Path:
@@ -97,7 +97,7 @@ def read_tiff(path) -> np.ndarray:
 
 
 def check_slice(array, path) -> np.ndarray:
-    """What was read must be one 2-D slice of finite numbers."""
+    """What was read must be one 2-D slice (not a colour image, not a stack)."""
     array = np.asarray(array)
     if array.size == 0:
         raise LungsegError(f"{path}: unreadable or corrupt image (no pixel data). Re-download or re-export it.")
@@ -105,5 +105,4 @@ def check_slice(array, path) -> np.ndarray:
         raise LungsegError(f"{path}: a colour image {array.shape}; a CT slice has one channel in HU.")
     if array.ndim != 2:
         raise LungsegError(f"{path}: expected one 2-D slice, got an array of shape {array.shape}.")
-    check_finite(array, path)
     return array

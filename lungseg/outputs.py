@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from lungseg.errors import LungsegError
 from lungseg.report import write_json
-from lungseg_utils import LungsegError
 
 PRODUCED_BY = "lungseg_utils.predict_scans"  # the mark of lungseg's own measurements.json
 RECORDS = ("measurements.json", "measurements.csv")

@@ -30,10 +30,12 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from lungseg.checks import check_settings
+from lungseg.errors import LungsegError
 from lungseg.files import is_dicom
 from lungseg.report import library_versions
-from lungseg_utils import (IMAGE_SUFFIXES, LungsegError, check_hu, check_settings, clean_mask, preprocess_slice,
-                           read_slice, resize_image, show_pairs, window_hu)
+from lungseg_utils import (IMAGE_SUFFIXES, check_hu, clean_mask, preprocess_slice, read_slice, resize_image, show_pairs,
+                           window_hu)
 
 
 @dataclass

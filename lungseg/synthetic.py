@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungseg_utils import LungsegError
+from lungseg.errors import LungsegError
 
 SYNTHETIC_PREFIX = "SYNTHETIC_"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lungseg.errors import LungsegError
 from lungseg.report import describe_device, library_versions, write_json
-from lungseg_utils import LungsegError
 
 
 def finish_training(model, name: str, models_dir, settings: dict) -> dict:

@@ -70,6 +70,7 @@ from scipy import ndimage
 
 from lungseg.data import check_lung_stats, find_pairs, summarise, verify_pairs  # checks of every pair
 from lungseg.download import get_dataset  # Kaggle, archives (extracted safely), synthetic phantoms
+from lungseg.errors import LungsegError  # the error every check raises: it names the file or parameter and the fix
 from lungseg.report import config_table, describe_device, repo_path, write_json  # each run documents itself
 
 # %% [markdown]
@@ -124,10 +125,6 @@ for how, array in [("cv2.imread(path)", cv2.imread(first_image)),
 
 # %%
 #@save
-class LungsegError(ValueError):
-    """A problem with the user's data or parameters; the message names the file or parameter and the fix."""
-
-
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".dcm")
 PNG_HU_OFFSET = -1024  # a 16-bit PNG cannot hold negative numbers: by convention it stores HU + 1024
 
@@ -149,7 +146,9 @@ def read_slice(path, *, png_hu_offset: int = PNG_HU_OFFSET) -> np.ndarray:
                 array = array.astype(np.int32) + png_hu_offset
         else:
             array = files.read_tiff(path)  # tifffile.imread(path): the int16 HU as stored
-    return files.check_slice(array, path)
+    array = files.check_slice(array, path)  # one 2-D slice: not a colour image, not a stack
+    check_finite(array, path)
+    return array
 
 # %% [markdown]
 # A mask is read the same way and must hold only 0 and 255 (or 0 and 1); an image must hold finite

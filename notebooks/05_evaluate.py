@@ -55,7 +55,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
 
-from lungseg.checks import check_evaluation_settings, check_models_fit_data, choose_models_dir  # 05's parameters
+from lungseg.checks import check_evaluation_settings, check_models_fit_data, check_settings, choose_models_dir
 from lungseg.data import dataset_calibration, pixel_area_mm2  # 01's HU calibration; the pixel area of lung_stats.csv
 from lungseg.report import config_table, describe_device, repo_path, write_json  # each run documents itself
 from lungseg.runner import ensure_inputs  # runs 01 and 02 first if their outputs are missing
@@ -100,13 +100,6 @@ def load_trained_model(path):
         raise explain_load_error(path, error) from None
     model.compile(loss=bce_dice_loss, metrics=[dice_coef, iou_coef])
     return model, record
-
-def check_settings(settings, name="settings") -> None:
-    """A model's record must say how its input was made: image size and HU window."""
-    missing = [key for key in ("img_size", "hu_min", "hu_max") if not isinstance(settings, dict) or key not in settings]
-    if missing:
-        raise LungsegError(f"{name} lacks {', '.join(missing)}: give the model's record (the .json written beside "
-                           "its .keras; load_trained_model returns it), which says how its input was made.")
 
 # %%
 output_dir = REPO_ROOT / OUTPUT_DIR

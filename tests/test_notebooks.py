@@ -203,6 +203,37 @@ def test_every_notebook_has_the_same_short_setup_cell_and_one_repository_url():
     assert repository in (REPO_ROOT / "README.md").read_text()
 
 
+# The layers, each importing only those below it (README, "Layout"): reading files, refusing bad input and
+# bookkeeping at the bottom; the lesson library (lungseg_utils.py, made from the notebooks) on them; the dataset,
+# the own-scan tool and the runner on top.
+BOTTOM = {"errors", "files", "dicom", "checks", "report", "portable", "outputs", "synthetic", "training"}
+TOP = {"data", "download", "scans", "predict", "runner", "nbval_data", "build_utils"}
+
+
+def _lungseg_imports(source: str) -> set[str]:
+    """The lungseg modules and lungseg_utils that ``source`` imports anywhere (also inside functions)."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module == "lungseg":
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(("lungseg.", "lungseg_utils")):
+            names.add(node.module.removeprefix("lungseg."))
+        elif isinstance(node, ast.Import):
+            names |= {alias.name.removeprefix("lungseg.") for alias in node.names if alias.name.startswith("lungseg")}
+    return names
+
+
+def test_the_layers_run_one_way():
+    modules = {path.stem for path in (REPO_ROOT / "lungseg").glob("*.py")} - {"__init__"}
+    assert modules == BOTTOM | TOP, "a new module in lungseg/: put it in a layer"
+    for name in BOTTOM:
+        above = _lungseg_imports((REPO_ROOT / "lungseg" / f"{name}.py").read_text()) & (TOP | {"lungseg_utils"})
+        assert not above, f"lungseg/{name}.py is at the bottom but imports {sorted(above)}"
+    library = _lungseg_imports(build_utils.build())
+    assert library and library <= BOTTOM, f"lungseg_utils imports {sorted(library - BOTTOM)} from the top layer"
+    assert "lungseg_utils" in _lungseg_imports((REPO_ROOT / "lungseg" / "scans.py").read_text())
+
+
 def _imported_modules(source: str) -> set[str]:
     names = set()
     for node in ast.walk(ast.parse(source)):
@@ -216,11 +247,6 @@ def _imported_modules(source: str) -> set[str]:
 def test_no_import_circles_among_the_benchmark_scripts():
     imports = {path.stem: _imported_modules(path.read_text()) for path in (REPO_ROOT / "benchmarks").glob("*.py")}
     assert "render_results" in imports["benchmark"] and "benchmark" not in imports["render_results"]
-    shared = ast.parse(build_utils.build())
-    at_import = set().union(*(_imported_modules(ast.unparse(node)) for node in shared.body
-                              if isinstance(node, (ast.Import, ast.ImportFrom))))
-    assert "lungseg" not in at_import  # importing the shared module needs no plumbing (no import circle); the
-    # own-scan functions call lungseg/ (output folder, DICOM decoders, portable models) only when they run
 
 
 @pytest.mark.parametrize("arguments, message", [
