@@ -1,4 +1,4 @@
-"""Benchmark: run the whole pipeline (01-05) on the real slices at the committed defaults, once per
+"""Benchmark: run the whole pipeline (01-06) on the real slices at the committed defaults, once per
 training seed, and record accuracy at native resolution, training and inference speed, memory.
 
     .venv/bin/python benchmarks/benchmark.py --data-dir ../shared/data/finding-lungs-in-ct-data --seeds 0 1 2
@@ -135,7 +135,7 @@ def print_table(benchmark: dict) -> None:
                          "train s": values["training_seconds"], "slices/s b1": values["slices_per_s_batch1"],
                          "slices/s batch": values["slices_per_s_batched"]})
     print(pd.DataFrame(rows).round(4).to_string(index=False))
-    print(f"device: {benchmark['device']}; pipeline 01-05: {benchmark['summary']['pipeline_seconds_mean']:.0f} s per seed; "
+    print(f"device: {benchmark['device']}; pipeline 01-06: {benchmark['summary']['pipeline_seconds_mean']:.0f} s per seed; "
           f"peak RSS of the notebook kernels: {benchmark['peak_rss_mb']:.0f} MB")
 
 

@@ -101,13 +101,14 @@ def explain_load_error(path, error) -> LungsegError:
                         "it again with its .json from the repository's models/.")
 
 
-def check_evaluation_settings(models: list, predict_model: str, predict_dir: str) -> None:
-    """05's parameters: PREDICT_MODEL one of MODELS, PREDICT_DIR an existing path."""
-    if predict_model and predict_model not in models:
-        raise LungsegError(f"PREDICT_MODEL={predict_model!r} is not one of MODELS={models}; use one of them or ''.")
-    if predict_dir and not Path(predict_dir).expanduser().exists():
-        raise LungsegError(f"PREDICT_DIR={predict_dir!r} does not exist ({Path(predict_dir).expanduser().resolve()}). "
-                           "Point it at your CT (a DICOM series folder, a NIfTI file, slices), or leave it empty.")
+def check_scan_settings(model: str, scan: str, models=("unet", "resunet")) -> None:
+    """06's parameters, before anything is downloaded or loaded: MODEL one of the models, SCAN an existing path."""
+    if model not in models:
+        raise LungsegError(f"MODEL={model!r} is not one of {list(models)}: set MODEL = \"resunet\" (or \"unet\").")
+    if scan and not Path(scan).expanduser().exists():
+        raise LungsegError(f"SCAN={scan!r} does not exist ({Path(scan).expanduser().resolve()}). Point it at your CT (a "
+                           "DICOM series folder or a NIfTI file; in Colab, upload it first: see 'Your own scan'), "
+                           "or leave it empty for the example scan.")
 
 
 def choose_models_dir(models_dir: str, output_dir, names: list, repo_root):

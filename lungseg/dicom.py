@@ -1,6 +1,5 @@
 """DICOM plumbing: whether a compressed file can be decoded here (and which package would), and
-writing CT slices in HU as a DICOM series with pydicom (05_evaluate's demonstration of the volume
-path, and the tests' series: rescale slope/intercept, shuffled file names, a localizer, uneven spacing)."""
+writing CT slices in HU as a DICOM series with pydicom (the tests' series: rescale slope/intercept, shuffled file names, a localizer, uneven spacing)."""
 
 from __future__ import annotations
 

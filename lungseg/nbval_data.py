@@ -1,9 +1,9 @@
 """``python -m lungseg.nbval_data NOTEBOOKS DATA_DIR`` (scripts/test.sh): nbval on data other than the
 published notebooks' own.
 
-The committed notebooks show the outputs of a run on one data folder; the cells marked
-``NBVAL_CHECK_OUTPUT`` must reproduce them. On another folder (the full Kaggle set instead of the 217
-shared pairs) those outputs differ by design, so the markers are taken out of the prepared copies:
+The committed notebooks show the outputs of a run on one data folder; the cells tagged
+``nbval-check-output`` must reproduce them. On another folder (the full Kaggle set instead of the 217
+shared pairs) those outputs differ by design, so the tags are taken off the prepared copies:
 nbval then runs every cell and fails only on an error. Said in one line.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import nbformat
 
-MARK = "# NBVAL_CHECK_OUTPUT"
+TAG = "nbval-check-output"
 
 
 def published_pairs(notebook: Path) -> int | None:
@@ -34,8 +34,8 @@ def main(argv=None) -> int:
     for path in sorted(folder.glob("*.ipynb")):
         notebook = nbformat.read(path, as_version=4)
         for cell in notebook.cells:
-            if cell.cell_type == "code":
-                cell.source = "\n".join(line for line in cell.source.splitlines() if line.strip() != MARK)
+            if TAG in cell.metadata.get("tags", []):
+                cell.metadata["tags"] = [tag for tag in cell.metadata["tags"] if tag != TAG]
         nbformat.write(notebook, path)
     print(f"{data_dir} holds {here} pairs, the published notebooks {published}: nbval runs every cell without "
           "comparing outputs.")

@@ -26,7 +26,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO_ROOT / "notebooks"
 QUICK = {"IMG_SIZE": 64, "EPOCHS": 3, "BASE_FILTERS": 8, "BATCH_SIZE": 8, "SYNTHETIC_COUNT": 24}
-PATH_PARAMETERS = ("DATA_DIR", "ARCHIVE", "MODELS_DIR", "PREDICT_DIR", "SCAN")  # given on the command line: resolved here
+PATH_PARAMETERS = ("DATA_DIR", "ARCHIVE", "MODELS_DIR", "SCAN", "EXAMPLE_DIR")  # given on the command line: resolved here
 SYNTHETIC_NOTE = "[SYNTHETIC DATA - not real CT]"
 
 
@@ -197,14 +197,22 @@ def describe_runtime() -> str:
             "U-Net (04) on 2 CPU cores; in Colab, Runtime > Change runtime type > a GPU makes it faster.")
 
 
-def ensure_inputs(notebook: str, output_dir: str = "outputs", img_size: int | None = None) -> None:
+def ensure_inputs(notebook: str, output_dir: str = "outputs", img_size: int | None = None, data_dir: str = "") -> None:
     """Run the notebooks that make ``notebook``'s inputs when they are missing, saying so in one line,
     so that every notebook also runs alone (in Colab, each on a fresh machine).
 
-    02 needs 01's pairs; 03 and 04 need 02's arrays at ``img_size``; 05 needs 01's pairs and 02's split."""
+    02 needs 01's pairs; 03 and 04 need 02's arrays at ``img_size``; 05 needs 01's pairs and 02's split.
+    ``data_dir`` (the notebook's ``DATA_DIR``; empty: ``$LUNGSEG_DATA_DIR``) goes to 01; where 01 last read
+    another folder, it runs again."""
+    import os
+
     data = REPO_ROOT / output_dir / "data"
     made_by_01 = ("dataset.json", "pairs.csv") + (("label_audit.csv",) if notebook == "05" else ())  # 05 reads the audit
     needed = [] if all((data / name).is_file() for name in made_by_01) else ["01"]
+    named = data_dir or os.environ.get("LUNGSEG_DATA_DIR", "")
+    folder = Path(named).expanduser().resolve() if named else None  # relative: from notebooks/, as 01 takes it
+    if folder and not needed and Path(json.loads((data / "dataset.json").read_text())["root"]) != folder:
+        needed = ["01"]  # 01 read another folder: its pairs are not this data's
     if notebook in ("03", "04"):
         settings = data / "preprocess.json"
         arrays_fit = (data / "arrays.npz").is_file() and settings.is_file() and \
@@ -216,13 +224,15 @@ def ensure_inputs(notebook: str, output_dir: str = "outputs", img_size: int | No
     if needed:
         names = " and ".join(source.stem for source in notebook_sources(needed))
         print(f"{Path(output_dir) / 'data'} lacks the inputs of {notebook}: running {names} first, with their defaults"
-              + (f" and IMG_SIZE={img_size}" if img_size and "02" in needed else "") + ".", flush=True)
-        run_pipeline({"IMG_SIZE": img_size} if img_size else {}, output_dir, only=needed,
+              + (f" and IMG_SIZE={img_size}" if img_size and "02" in needed else "")
+              + (f", DATA_DIR={folder.name}" if folder and "01" in needed else "") + ".", flush=True)
+        given = {**({"IMG_SIZE": img_size} if img_size else {}), **({"DATA_DIR": str(folder)} if folder else {})}
+        run_pipeline(given, output_dir, only=needed,
                      log=lambda *args, **kwargs: print(*args, **{**kwargs, "flush": True}))  # their progress, as it comes
         if json.loads((data / "dataset.json").read_text()).get("synthetic"):
-            print("NOTE: 01 found no real data (no DATA_DIR or $LUNGSEG_DATA_DIR, and neither kagglehub nor Kaggle "
-                  "credentials could download it), so this run uses SYNTHETIC phantoms, not real CT. Set "
-                  "LUNGSEG_DATA_DIR, or run 01 where kaggle.com can be reached.", flush=True)
+            print("NOTE: 01 found no real data (no DATA_DIR, and neither kagglehub nor Kaggle credentials could "
+                  "download it), so this run uses SYNTHETIC phantoms, not real CT. Set DATA_DIR in the Parameters "
+                  "cell to a folder holding the data, or run where kaggle.com can be reached.", flush=True)
 
 
 def publish(executed: list[Path]) -> None:

@@ -43,22 +43,16 @@
 # after editing one; a test fails while the two differ).
 
 # %%
-# Colab: fetch the repository and the packages Colab lacks. Elsewhere this only finds the repository.
-import os, subprocess, sys  # noqa: E401
-from pathlib import Path
-REPOSITORY = "https://github.com/lungseg/lungseg"
-if "google.colab" in sys.modules:
-    if not Path("/content/lungseg").is_dir():
-        subprocess.run(f"git clone -q {REPOSITORY} /content/lungseg && pip install -q pydicom papermill jupytext",
-                       shell=True, check=True)
-    os.chdir("/content/lungseg/notebooks")
-REPO_ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lungseg_utils.py").is_file())
-sys.path.insert(0, str(REPO_ROOT))  # for lungseg_utils.py and lungseg/
-from lungseg.runner import describe_runtime; print(describe_runtime())  # noqa: E402,E702
+# Setup. In Colab: clone the repository and install the 4 packages Colab lacks. Everywhere: say the runtime.
+import os, subprocess, sys
+if "google.colab" in sys.modules and not os.path.isdir("/content/lungseg"):
+    subprocess.run("git clone -q https://github.com/lungseg/lungseg /content/lungseg && "
+                   "pip install -q pydicom highdicom papermill jupytext", shell=True, check=True)
+sys.path.insert(0, "/content/lungseg" if "google.colab" in sys.modules else os.path.abspath(".."))
+from lungseg.notebook import show_config, start
+REPO_ROOT = start()
 
 # %%
-import lungseg_utils  # noqa: F401  first: it quiets TensorFlow's start-up messages
-
 import textwrap
 from pathlib import Path
 
@@ -71,13 +65,19 @@ from scipy import ndimage
 from lungseg.data import check_lung_stats, find_pairs, summarise, verify_pairs  # checks of every pair
 from lungseg.download import get_dataset  # Kaggle, archives (extracted safely), synthetic phantoms
 from lungseg.errors import LungsegError  # the error every check raises: it names the file or parameter and the fix
-from lungseg.report import config_table, describe_device, repo_path, write_json  # each run documents itself
+from lungseg.report import repo_path, write_json  # each run documents itself
 
 # %% [markdown]
 # ## Parameters
 # Change these here, or pass them with papermill (`bash scripts/run.sh -p DATA_SOURCE kaggle`).
 # An empty `DATA_DIR` means `$LUNGSEG_DATA_DIR` if set, else `data/finding-lungs-in-ct-data` in the repository.
 # A folder you name must hold the data: a misspelt path stops the run rather than falling back to phantoms.
+# Every notebook takes `DATA_DIR` and hands it to this one when it runs it first.
+#
+# **In Colab** the machine starts empty and forgets everything when the runtime ends. Leave `DATA_DIR`
+# empty and the data comes down with `kagglehub` (about a minute). To keep a copy, put the data folder
+# (`2d_images/`, `2d_masks/`) on Google Drive, run `from google.colab import drive; drive.mount("/content/drive")`
+# in a cell, and set `DATA_DIR = "/content/drive/MyDrive/finding-lungs-in-ct-data"`.
 
 # %% tags=["parameters"]
 DATA_SOURCE = "auto"
@@ -91,8 +91,7 @@ SEED = 0
 named_data_dir = DATA_DIR or os.environ.get("LUNGSEG_DATA_DIR")  # named by you: it must hold the data
 data_dir = Path(named_data_dir or REPO_ROOT / "data" / "finding-lungs-in-ct-data").expanduser()
 output_dir = REPO_ROOT / OUTPUT_DIR
-config_table({"DATA_SOURCE": DATA_SOURCE, "DATA_DIR": data_dir, "ARCHIVE": ARCHIVE, "OUTPUT_DIR": output_dir,
-              "SYNTHETIC_COUNT": SYNTHETIC_COUNT, "SEED": SEED, "device": describe_device()})
+show_config(globals(), data_folder=data_dir, outputs=output_dir)
 
 # %% [markdown]
 # ## Get the data
@@ -196,8 +195,7 @@ print(f"read_slice -> {image.dtype} {image.shape}, {image.min()}..{image.max()} 
 # Every slice is read this way and checked: the image is in HU, the mask is binary, and both have
 # the same shape (`verify_pairs`; the first problem stops the run and names the file).
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 facts = verify_pairs(pairs)
 print(f"verified pairs: {len(facts)}")
 print("image dtypes:", sorted(set(facts.dtype)))
@@ -322,8 +320,7 @@ def audit_labels(pairs: pd.DataFrame) -> pd.DataFrame:
     reasons = ["; ".join(audit_mask(read_slice(p.image_path), read_mask(p.mask_path))) for p in pairs.itertuples()]
     return pd.DataFrame({"name": list(pairs.name), "flagged": [bool(r) for r in reasons], "reasons": reasons})
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 audit = audit_labels(pairs)
 flagged = audit[audit.flagged]
 print(f"labels audited: {len(audit)}; flagged: {len(flagged)}")
@@ -396,8 +393,7 @@ def fit_hu_calibration(peaks: dict) -> dict:
     return {**identity, "scale": float(scale), "offset": float(offset)}
 
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 peaks = tissue_peaks(read_slice(p) for p in pairs.image_path)
 calibration = fit_hu_calibration(peaks)
 print(pd.DataFrame({"in these slices": peaks, "standard HU": STANDARD_HU}).round(0).to_string())

@@ -26,25 +26,17 @@
 # `lungseg_utils.py`, because the training notebooks and the evaluation use them.
 
 # %%
-# Colab: fetch the repository and the packages Colab lacks. Elsewhere this only finds the repository.
-import os, subprocess, sys  # noqa: E401
-from pathlib import Path
-REPOSITORY = "https://github.com/lungseg/lungseg"
-if "google.colab" in sys.modules:
-    if not Path("/content/lungseg").is_dir():
-        subprocess.run(f"git clone -q {REPOSITORY} /content/lungseg && pip install -q pydicom papermill jupytext",
-                       shell=True, check=True)
-    os.chdir("/content/lungseg/notebooks")
-REPO_ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lungseg_utils.py").is_file())
-sys.path.insert(0, str(REPO_ROOT))  # for lungseg_utils.py and lungseg/
-from lungseg.runner import describe_runtime; print(describe_runtime())  # noqa: E402,E702
+# Setup. In Colab: clone the repository and install the 4 packages Colab lacks. Everywhere: say the runtime.
+import os, subprocess, sys
+if "google.colab" in sys.modules and not os.path.isdir("/content/lungseg"):
+    subprocess.run("git clone -q https://github.com/lungseg/lungseg /content/lungseg && "
+                   "pip install -q pydicom highdicom papermill jupytext", shell=True, check=True)
+sys.path.insert(0, "/content/lungseg" if "google.colab" in sys.modules else os.path.abspath(".."))
+from lungseg.notebook import show_config, start
+REPO_ROOT = start()
 
 # %%
-import lungseg_utils as lu  # first: it also quiets TensorFlow's start-up messages
-from lungseg_utils import LungsegError  # saved in 01_download; the #@save cells below raise it
-
 import json
-from pathlib import Path
 
 import keras
 import matplotlib.pyplot as plt
@@ -56,7 +48,9 @@ from sklearn.model_selection import train_test_split
 
 from lungseg.checks import check_augmentation  # refuses augmentation settings that cannot work
 from lungseg.data import dataset_calibration, read_split_manifest  # 01's HU calibration; a saved split, checked
-from lungseg.report import config_table, repo_path, write_json  # each run documents itself
+from lungseg.errors import LungsegError  # the error every check raises: it names the file or parameter and the fix
+from lungseg.report import repo_path, write_json  # each run documents itself
+import lungseg_utils as lu  # the #@save cells of 01 (and of this notebook)
 from lungseg.runner import ensure_inputs  # runs 01_download first if its outputs are missing
 
 # %% [markdown]
@@ -66,6 +60,7 @@ from lungseg.runner import ensure_inputs  # runs 01_download first if its output
 # apart, and everything outside the window is clipped to its ends.
 
 # %% tags=["parameters"]
+DATA_DIR = ""  # the data folder, for 01 if it must run first (empty: as 01 decides; see 01's Parameters)
 OUTPUT_DIR = "outputs"
 IMG_SIZE = 256
 HU_MIN = -1000
@@ -100,7 +95,7 @@ def check_img_size(img_size) -> int:
 # %%
 check_img_size(IMG_SIZE)
 output_dir = REPO_ROOT / OUTPUT_DIR
-ensure_inputs("02", OUTPUT_DIR)
+ensure_inputs("02", OUTPUT_DIR, data_dir=DATA_DIR)
 dataset = json.loads((output_dir / "data" / "dataset.json").read_text())
 pairs = pd.read_csv(output_dir / "data" / "pairs.csv")
 augmentation = {"rotation_degrees": float(ROTATION_DEGREES), "flip_left_right": bool(FLIP_LEFT_RIGHT),
@@ -108,12 +103,8 @@ augmentation = {"rotation_degrees": float(ROTATION_DEGREES), "flip_left_right": 
                 "hu_contrast": float(HU_CONTRAST), "noise_hu": float(NOISE_HU), "blur_sigma": float(BLUR_SIGMA)}
 check_augmentation({**augmentation, "gas_pockets": GAS_POCKETS, "lesions": LESIONS})
 calibration = dataset_calibration(dataset)  # 01's: the stored values -> standard HU
-config_table({"OUTPUT_DIR": output_dir, "IMG_SIZE": IMG_SIZE, "HU window": (HU_MIN, HU_MAX), "SPLIT": SPLIT,
-              "SPLIT_SEED": SPLIT_SEED,
-              "SPLIT_MANIFEST": SPLIT_MANIFEST or "none (SPLIT)", "augmentation": augmentation,
-              "TRAIN_ON_FLAGGED": TRAIN_ON_FLAGGED, "GAS_POCKETS": GAS_POCKETS, "LESIONS": LESIONS,
-              "HU calibration (01)": f"standard HU = {calibration['scale']:.3f} x stored {calibration['offset']:+.1f}",
-              "data": f"{dataset['source']}{lu.data_label(dataset['synthetic'])}: {len(pairs)} pairs"})
+show_config(globals(), data=f"{dataset['source']}{lu.data_label(dataset['synthetic'])}: {len(pairs)} pairs",
+            calibration=f"standard HU = {calibration['scale']:.3f} x stored {calibration['offset']:+.1f} (01)")
 
 # %% [markdown]
 # ## The HU window
@@ -181,8 +172,7 @@ def split_slices(names, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> pd.DataFr
     return pd.DataFrame({"name": names, "split": [part_of[name] for name in names]})
 
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 if SPLIT_MANIFEST:  # a split made elsewhere (the benchmark's folds): checked to name exactly these slices
     manifest = read_split_manifest(REPO_ROOT / SPLIT_MANIFEST, pairs.name)
 else:
@@ -241,8 +231,7 @@ for split in ("train", "val", "test"):
     print(f"{split:5s}  x {arrays[f'x_{split}'].shape} {arrays[f'x_{split}'].dtype}   "
           f"y {arrays[f'y_{split}'].shape} {arrays[f'y_{split}'].dtype}")
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print("image range:", float(arrays["x_train"].min()), "..", float(arrays["x_train"].max()))
 print("mask values:", np.unique(np.concatenate([arrays[f"y_{s}"].ravel() for s in ("train", "val", "test")])))
 
@@ -478,6 +467,29 @@ title = "Training augmentation" if augmentation_on else "Augmentation example (n
 lu.show_pairs(rows, ["original"] + [f"augmented {i + 1}" for i in range(5)], ["image", "mask"], title=title,
               path=output_dir / "figures" / "02_augmentation.png", synthetic=dataset["synthetic"], size=2.2);
 print("augmented mask values:", np.unique(new_masks.numpy()))
+
+# %% [markdown]
+# Random draws mostly land near the middle of each range, and `imshow` stretches every picture to its
+# own darkest and brightest pixel, so the panels above look alike. Below, each intensity change at
+# the end of its range, one at a time, drawn on one fixed grey scale (the window: black -1000 HU,
+# white 400 HU), with the lung's mean HU in each title: this is as far as training moves a slice.
+
+# %%
+x, lung = image[0, ..., 0], mask[0, ..., 0] > 0
+width, water = HU_MAX - HU_MIN, -HU_MIN / (HU_MAX - HU_MIN)  # windowed units: HU / width; water's place
+extremes = {"original": x,
+            f"HU x {1 - HU_SCALE:.2f}": np.clip(water + (1 - HU_SCALE) * (x - water), 0, 1),
+            f"HU x {1 + HU_SCALE:.2f}": np.clip(water + (1 + HU_SCALE) * (x - water), 0, 1),
+            f"{-HU_SHIFT:+.0f} HU": np.clip(x - HU_SHIFT / width, 0, 1),
+            f"{HU_SHIFT:+.0f} HU": np.clip(x + HU_SHIFT / width, 0, 1),
+            f"noise {NOISE_HU:.0f} HU": np.clip(x + np.random.default_rng(SPLIT_SEED).normal(0, NOISE_HU / width, x.shape), 0, 1),
+            f"blur {BLUR_SIGMA:g} px": ndimage.gaussian_filter(x, BLUR_SIGMA)}
+figure, axes = plt.subplots(1, len(extremes), figsize=(2.2 * len(extremes), 2.6))
+for axis, (name, picture) in zip(axes, extremes.items()):
+    axis.imshow(picture, cmap="gray", vmin=0, vmax=1)  # one grey scale for all
+    axis.set_title(f"{name}\nlung {HU_MIN + width * picture[lung].mean():.0f} HU", fontsize=9)
+    axis.set_xticks([]), axis.set_yticks([])
+lu.save_figure(figure, output_dir / "figures" / "02_augmentation_extremes.png", dataset["synthetic"]);
 
 # %% [markdown]
 # ## What you learned

@@ -27,27 +27,19 @@
 # block, another loss. Cells marked `#@save` are also in `lungseg_utils.py` (04 and 05 use them).
 
 # %%
-# Colab: fetch the repository and the packages Colab lacks. Elsewhere this only finds the repository.
-import os, subprocess, sys  # noqa: E401
-from pathlib import Path
-REPOSITORY = "https://github.com/lungseg/lungseg"
-if "google.colab" in sys.modules:
-    if not Path("/content/lungseg").is_dir():
-        subprocess.run(f"git clone -q {REPOSITORY} /content/lungseg && pip install -q pydicom papermill jupytext",
-                       shell=True, check=True)
-    os.chdir("/content/lungseg/notebooks")
-REPO_ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lungseg_utils.py").is_file())
-sys.path.insert(0, str(REPO_ROOT))  # for lungseg_utils.py and lungseg/
-from lungseg.runner import describe_runtime; print(describe_runtime())  # noqa: E402,E702
+# Setup. In Colab: clone the repository and install the 4 packages Colab lacks. Everywhere: say the runtime.
+import os, subprocess, sys
+if "google.colab" in sys.modules and not os.path.isdir("/content/lungseg"):
+    subprocess.run("git clone -q https://github.com/lungseg/lungseg /content/lungseg && "
+                   "pip install -q pydicom highdicom papermill jupytext", shell=True, check=True)
+sys.path.insert(0, "/content/lungseg" if "google.colab" in sys.modules else os.path.abspath(".."))
+from lungseg.notebook import show_config, start
+REPO_ROOT = start()
 
 # %%
-import lungseg_utils as lu  # first: it also quiets TensorFlow's start-up messages
-from lungseg_utils import augment_pair, data_label, save_figure  # used by this notebook's #@save cells
-
 import json
 import math
 import time
-from pathlib import Path
 
 import keras
 import matplotlib.pyplot as plt
@@ -56,8 +48,10 @@ import pandas as pd
 import tensorflow as tf
 from keras import layers, ops
 
+import lungseg_utils as lu  # the #@save cells of 01-03
+from lungseg_utils import augment_pair, data_label, save_figure  # used by this notebook's #@save cells
 from lungseg.checks import check_training_settings  # refuses settings that cannot work, before minutes of training
-from lungseg.report import config_table, describe_device, stage_summary  # each run documents itself
+from lungseg.report import stage_summary  # a model as one row per stage
 from lungseg.runner import ensure_inputs  # runs 01 and 02 first if their outputs are missing
 from lungseg.training import finish_training  # the best epoch's model and its record, once fit has ended
 
@@ -67,6 +61,7 @@ from lungseg.training import finish_training  # the best epoch's model and its r
 # `IMG_SIZE` is the size the slices are resized to (02 makes the arrays at this size if needed).
 
 # %% tags=["parameters"]
+DATA_DIR = ""  # the data folder, for 01 if it must run first (empty: as 01 decides; see 01's Parameters)
 OUTPUT_DIR = "outputs"
 IMG_SIZE = 256
 EPOCHS = 25
@@ -87,15 +82,12 @@ output_dir = REPO_ROOT / OUTPUT_DIR
 models_dir = output_dir / "models"
 lu.check_img_size(IMG_SIZE)
 check_training_settings(EPOCHS, BATCH_SIZE, IMG_SIZE, BASE_FILTERS, LEARNING_RATE, DICE_WEIGHT)
-ensure_inputs("03", OUTPUT_DIR, IMG_SIZE)
+ensure_inputs("03", OUTPUT_DIR, IMG_SIZE, data_dir=DATA_DIR)
 preprocessing = json.loads((output_dir / "data" / "preprocess.json").read_text())
 with np.load(output_dir / "data" / "arrays.npz") as archive:
     arrays = dict(archive)
-config_table({"OUTPUT_DIR": output_dir, "IMG_SIZE": IMG_SIZE, "EPOCHS": EPOCHS, "BATCH_SIZE": BATCH_SIZE,
-              "LEARNING_RATE": LEARNING_RATE, "BASE_FILTERS": BASE_FILTERS,
-              "MIXED_PRECISION": MIXED_PRECISION, "DICE_WEIGHT": DICE_WEIGHT, "SEED": SEED,
-              "data": preprocessing["data_source"] + lu.data_label(preprocessing["synthetic"]),
-              "slices": preprocessing["slices"], "device": describe_device()})
+show_config(globals(), data=preprocessing["data_source"] + lu.data_label(preprocessing["synthetic"]),
+            slices=preprocessing["slices"])
 
 # %% [markdown]
 # ## The building block

@@ -29,33 +29,27 @@
 # that `05_evaluate` compares the blocks and nothing else.
 
 # %%
-# Colab: fetch the repository and the packages Colab lacks. Elsewhere this only finds the repository.
-import os, subprocess, sys  # noqa: E401
-from pathlib import Path
-REPOSITORY = "https://github.com/lungseg/lungseg"
-if "google.colab" in sys.modules:
-    if not Path("/content/lungseg").is_dir():
-        subprocess.run(f"git clone -q {REPOSITORY} /content/lungseg && pip install -q pydicom papermill jupytext",
-                       shell=True, check=True)
-    os.chdir("/content/lungseg/notebooks")
-REPO_ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lungseg_utils.py").is_file())
-sys.path.insert(0, str(REPO_ROOT))  # for lungseg_utils.py and lungseg/
-from lungseg.runner import describe_runtime; print(describe_runtime())  # noqa: E402,E702
+# Setup. In Colab: clone the repository and install the 4 packages Colab lacks. Everywhere: say the runtime.
+import os, subprocess, sys
+if "google.colab" in sys.modules and not os.path.isdir("/content/lungseg"):
+    subprocess.run("git clone -q https://github.com/lungseg/lungseg /content/lungseg && "
+                   "pip install -q pydicom highdicom papermill jupytext", shell=True, check=True)
+sys.path.insert(0, "/content/lungseg" if "google.colab" in sys.modules else os.path.abspath(".."))
+from lungseg.notebook import show_config, start
+REPO_ROOT = start()
 
 # %%
-import lungseg_utils as lu  # first: it also quiets TensorFlow's start-up messages
-
 import json
 import math
-from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 from keras import layers
 
+import lungseg_utils as lu  # the #@save cells of 01-03
 from lungseg.checks import check_training_settings  # refuses settings that cannot work, before minutes of training
-from lungseg.report import config_table, describe_device, stage_summary  # each run documents itself
+from lungseg.report import stage_summary  # a model as one row per stage
 from lungseg.runner import ensure_inputs  # runs 01 and 02 first if their outputs are missing
 from lungseg.training import finish_training  # the best epoch's model and its record, once fit has ended
 
@@ -64,6 +58,7 @@ from lungseg.training import finish_training  # the best epoch's model and its r
 # The same as `03_unet`'s, so that both models train alike.
 
 # %% tags=["parameters"]
+DATA_DIR = ""  # the data folder, for 01 if it must run first (empty: as 01 decides; see 01's Parameters)
 OUTPUT_DIR = "outputs"
 IMG_SIZE = 256
 EPOCHS = 25
@@ -82,15 +77,12 @@ output_dir = REPO_ROOT / OUTPUT_DIR
 models_dir = output_dir / "models"
 lu.check_img_size(IMG_SIZE)
 check_training_settings(EPOCHS, BATCH_SIZE, IMG_SIZE, BASE_FILTERS, LEARNING_RATE, DICE_WEIGHT)
-ensure_inputs("04", OUTPUT_DIR, IMG_SIZE)
+ensure_inputs("04", OUTPUT_DIR, IMG_SIZE, data_dir=DATA_DIR)
 preprocessing = json.loads((output_dir / "data" / "preprocess.json").read_text())
 with np.load(output_dir / "data" / "arrays.npz") as archive:
     arrays = dict(archive)
-config_table({"OUTPUT_DIR": output_dir, "IMG_SIZE": IMG_SIZE, "EPOCHS": EPOCHS, "BATCH_SIZE": BATCH_SIZE,
-              "LEARNING_RATE": LEARNING_RATE, "BASE_FILTERS": BASE_FILTERS,
-              "MIXED_PRECISION": MIXED_PRECISION, "DICE_WEIGHT": DICE_WEIGHT, "SEED": SEED,
-              "data": preprocessing["data_source"] + lu.data_label(preprocessing["synthetic"]),
-              "slices": preprocessing["slices"], "device": describe_device()})
+show_config(globals(), data=preprocessing["data_source"] + lu.data_label(preprocessing["synthetic"]),
+            slices=preprocessing["slices"])
 
 # %% [markdown]
 # ## The residual block
@@ -183,12 +175,31 @@ print(f"best epoch {record['best_epoch']} of {EPOCHS}: validation IoU {record['b
       f"Dice {record['best_val_dice']:.4f}; {record['seconds_per_epoch']:.1f} s per epoch on {record['device']}")
 
 # %% [markdown]
-# ## Training curves
-# Training (dashed) and validation (solid).
+# ## Training curves, over the U-Net's
+# Training (dashed) and validation (solid), with 03's U-Net for comparison: yours if 03 ran here, else
+# the committed one (trained at the defaults).
 
 # %%
-lu.plot_history({"Residual U-Net": pd.read_csv(models_dir / "resunet_history.csv")},
+unet_history = models_dir / "unet_history.csv"
+unet_label = "U-Net (03)" if unet_history.is_file() else "U-Net (committed)"
+unet_history = unet_history if unet_history.is_file() else REPO_ROOT / "models" / "unet_history.csv"
+lu.plot_history({"Residual U-Net": pd.read_csv(models_dir / "resunet_history.csv"), unet_label: pd.read_csv(unet_history)},
                 path=output_dir / "figures" / "04_resunet_curves.png", synthetic=preprocessing["synthetic"]);
+
+# %% [markdown]
+# ## Its predictions
+# The same typical validation slice as in 03: the probability map, and the mask at 0.5 over the truth.
+
+# %%
+index = int(np.argsort([mask.sum() for mask in arrays["y_val"]])[len(arrays["y_val"]) // 2])  # 03's slice
+probability = model.predict(arrays["x_val"][index:index + 1], verbose=0)[0, ..., 0]
+truth = arrays["y_val"][index, ..., 0]
+dice = float(lu.dice_coef(truth[None, ..., None], probability[None, ..., None])[0])
+lu.show_pairs([[arrays["x_val"][index, ..., 0], probability, lu.error_overlay(arrays["x_val"][index, ..., 0], truth,
+                                                                             probability >= 0.5)]],
+              ["input", "lung probability", f"mask at 0.5: Dice {dice:.3f}\nred: extra, blue: missed"],
+              title=f"Residual U-Net on validation slice {arrays['names_val'][index]}",
+              path=output_dir / "figures" / "04_predictions.png", synthetic=preprocessing["synthetic"], size=3.6);
 
 # %% [markdown]
 # ## What you learned

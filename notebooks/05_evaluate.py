@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 5. Evaluate: which model wins, where it fails, and how to use it on your scans
+# # 5. Evaluate: which model wins, and where it fails
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lungseg/lungseg/blob/main/notebooks/05_evaluate.ipynb)
 #
@@ -22,28 +22,20 @@
 # training nor model selection has seen. Masks are scored at the slices' **original 512x512
 # resolution**: the predicted probabilities are resized back before thresholding and compared with
 # the original masks, because that is the resolution a radiologist or a lung measurement works at.
-# Then: a paired comparison of the two models, the worst slices, lung measurements as in
-# `lung_stats.csv`, and how a 2D model segments a whole scan: another scanner's, then yours.
+# Then: a paired comparison of the two models, the slices where they fail, and lung measurements as in
+# `lung_stats.csv`. Whole scans are the next notebook's.
 
 # %%
-# Colab: fetch the repository and the packages Colab lacks. Elsewhere this only finds the repository.
-import os, subprocess, sys  # noqa: E401
-from pathlib import Path
-REPOSITORY = "https://github.com/lungseg/lungseg"
-if "google.colab" in sys.modules:
-    if not Path("/content/lungseg").is_dir():
-        subprocess.run(f"git clone -q {REPOSITORY} /content/lungseg && pip install -q pydicom papermill jupytext",
-                       shell=True, check=True)
-    os.chdir("/content/lungseg/notebooks")
-REPO_ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lungseg_utils.py").is_file())
-sys.path.insert(0, str(REPO_ROOT))  # for lungseg_utils.py and lungseg/
-from lungseg.runner import describe_runtime; print(describe_runtime())  # noqa: E402,E702
+# Setup. In Colab: clone the repository and install the 4 packages Colab lacks. Everywhere: say the runtime.
+import os, subprocess, sys
+if "google.colab" in sys.modules and not os.path.isdir("/content/lungseg"):
+    subprocess.run("git clone -q https://github.com/lungseg/lungseg /content/lungseg && "
+                   "pip install -q pydicom highdicom papermill jupytext", shell=True, check=True)
+sys.path.insert(0, "/content/lungseg" if "google.colab" in sys.modules else os.path.abspath(".."))
+from lungseg.notebook import show_config, start
+REPO_ROOT = start()
 
 # %%
-import lungseg_utils as lu  # first: it also quiets TensorFlow's start-up messages
-from lungseg_utils import (LungsegError, bce_dice_loss, check_hu, dice_coef, iou_coef,  # used by this notebook's
-                           preprocess_slice, read_slice, resize_image, window_hu)  # #@save cells
-
 import json
 import numbers
 import time
@@ -55,30 +47,26 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
 
-from lungseg.checks import check_evaluation_settings, check_models_fit_data, check_settings, choose_models_dir
+import lungseg_utils as lu  # the #@save cells of 01-04
+from lungseg_utils import (bce_dice_loss, check_hu, dice_coef, iou_coef,  # used by this notebook's #@save cells
+                           preprocess_slice, read_slice, resize_image, window_hu)
+from lungseg.checks import check_models_fit_data, check_settings, choose_models_dir
 from lungseg.data import dataset_calibration, pixel_area_mm2  # 01's HU calibration; the pixel area of lung_stats.csv
-from lungseg.report import config_table, describe_device, repo_path, write_json  # each run documents itself
+from lungseg.errors import LungsegError
+from lungseg.report import write_json
 from lungseg.runner import ensure_inputs  # runs 01 and 02 first if their outputs are missing
-from lungseg.scans import Scan, mask_overlay, predict_scans, read_scan, scan_measurements, segment_scan  # whole scans
 
 # %% [markdown]
 # ## Parameters
 # `MODELS_DIR`: empty means `OUTPUT_DIR/models` when both models are there (you trained them in
 # 03/04), else the trained models committed in the repository's `models/` folder.
-# `PREDICT_DIR`: your own CT, a DICOM series folder, a NIfTI file, or slices (TIFF in HU, 16-bit PNG
-# holding HU+1024, DICOM); empty means `SCAN`.
-# `PREDICT_MODEL`: `"unet"`, `"resunet"`, or empty for the one with the better test Dice.
-# `SCAN`: a DICOM series from another scanner, relative to the repository, for "From slices to a scan"
-# (a folder that is not there: a demonstration series written from test slices).
 
 # %% tags=["parameters"]
+DATA_DIR = ""  # the data folder, for 01 if it must run first (empty: as 01 decides; see 01's Parameters)
 OUTPUT_DIR = "outputs"
 MODELS_DIR = ""
 MODELS = ["unet", "resunet"]
 THRESHOLD = 0.5
-PREDICT_DIR = ""
-PREDICT_MODEL = ""
-SCAN = "../shared/data/external-ct/cip-copdgene-64/ct-64Dicom"
 SEED = 0
 
 # %% [markdown]
@@ -104,20 +92,18 @@ def load_trained_model(path):
 # %%
 output_dir = REPO_ROOT / OUTPUT_DIR
 evaluation_dir, figures_dir = output_dir / "evaluation", output_dir / "figures"
-check_evaluation_settings(MODELS, PREDICT_MODEL, PREDICT_DIR)
 models_dir = choose_models_dir(MODELS_DIR, output_dir, MODELS, REPO_ROOT)  # yours (03/04), else the committed ones
 models, records = {}, {}
 for name in MODELS:
     models[name], records[name] = load_trained_model(models_dir / f"{name}.keras")
-ensure_inputs("05", OUTPUT_DIR)
+ensure_inputs("05", OUTPUT_DIR, data_dir=DATA_DIR)
 dataset = json.loads((output_dir / "data" / "dataset.json").read_text())
 check_models_fit_data(records, dataset, models_dir)  # real-CT models are not scored on phantoms
 synthetic = dataset["synthetic"] or any(record["synthetic"] for record in records.values())
 pixel_area = pixel_area_mm2(Path(dataset["root"]) / "lung_stats.csv")
 spacing_mm = float(np.sqrt(pixel_area))
-config_table({"models": models_dir, "MODELS": MODELS, "THRESHOLD": THRESHOLD, "PREDICT_DIR": PREDICT_DIR, "SCAN": repo_path(REPO_ROOT / SCAN) if SCAN else "",
-              "data": dataset["source"] + lu.data_label(synthetic), "pixel spacing (mm)": round(spacing_mm, 4),
-              "device": describe_device()})
+show_config(globals(), models=models_dir, data=dataset["source"] + lu.data_label(synthetic),
+            pixel_spacing_mm=round(spacing_mm, 4))
 
 # %% [markdown]
 # ## The test slices at native resolution
@@ -125,8 +111,7 @@ config_table({"models": models_dir, "MODELS": MODELS, "THRESHOLD": THRESHOLD, "P
 # masks. A slice that one of the models trained or validated on is no test of it; if the split has changed since the models were
 # trained (another `SPLIT_SEED`, more data), such slices are left out, and said so.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 test = pd.read_csv(output_dir / "data" / "pairs.csv").merge(pd.read_csv(output_dir / "data" / "split_manifest.csv"),
                                                             on="name").query("split == 'test'")
 seen = set().union(*(set(r.get("training_slices", [])) | set(r.get("validation_slices", [])) for r in records.values()))
@@ -348,21 +333,27 @@ pd.Series(paired, name=f"{MODELS[0]} minus {MODELS[-1]}, per-slice Dice").to_fra
 
 # %%
 significant = bool(paired) and (paired["ci95_low"] > 0 or paired["ci95_high"] < 0)
-if significant:
-    sign = 1 if winner == MODELS[0] else -1  # the interval of "winner minus the other"
-    low, high = sorted([sign * paired["ci95_low"], sign * paired["ci95_high"]])
-    print(f"{winner} is better: its per-slice Dice is higher by {abs(paired['mean_difference']):.4f} "
-          f"(95% CI {low:+.4f}..{high:+.4f}, Wilcoxon p={paired['wilcoxon_p']:.3g}).")
-elif paired:
-    print(f"No clear winner: the mean difference {paired['mean_difference']:+.4f} has a 95% CI of "
-          f"{paired['ci95_low']:+.4f}..{paired['ci95_high']:+.4f}, which contains 0. "
-          f"{winner} has the higher mean on these slices.")
+if paired:
+    print(f"{MODELS[0]} minus {MODELS[-1]}, per-slice Dice: {paired['mean_difference']:+.4f} on average "
+          f"(95% CI {paired['ci95_low']:+.4f}..{paired['ci95_high']:+.4f}); {MODELS[0]} better on "
+          f"{paired['a_better_slices']} slices, {MODELS[-1]} on {paired['b_better_slices']} (Wilcoxon p={paired['wilcoxon_p']:.3g}).")
+    print("The mean difference is " + ("not 0" if significant else "too small to tell from 0") + " on these "
+          f"{paired['slices']} slices" + (", and the signed ranks lean one way" if paired["wilcoxon_p"] < 0.05 else "") + ".")
+
+# %% [markdown]
+# Differences of a thousandth of Dice on one collection's slices do not choose a model. What does is how
+# each does on CT it has never seen: the cross-validation over all 217 slices and whole scans from other
+# scanners ([RESULTS.md](../RESULTS.md)). There the Residual U-Net finds the other scanner's lungs far
+# better (Dice 0.978 against 0.827 on the COPD chest), so **the Residual U-Net is the model for whole
+# scans** (06, and `scripts/predict.sh`).
 
 # %% [markdown]
 # ## Does post-processing help?
 # Mean per-slice Dice, HD95 and worst-slice Dice at native resolution, without and with
-# `clean_mask`. Small false-positive islands barely move Dice but inflate HD95, which is where
-# post-processing earns its keep.
+# `clean_mask`. An island of false lung barely moves Dice but can move HD95 by centimetres, so HD95 is
+# where post-processing would show. On these clean test slices both models leave few islands, and the
+# table shows small changes either way; on a whole scan, where a 2D model meets bowel gas and air
+# beside the body, the 3D step of 06 does this job.
 
 # %%
 summary[summary.resolution == "native"].pivot(index="model", columns="postprocessed",
@@ -495,179 +486,21 @@ axis.set_title("Lung area per test slice")
 lu.save_figure(figure, figures_dir / "lung_area_scatter.png", synthetic);
 
 # %% [markdown]
-# ## From slices to a scan
-# Your CT is a **volume**: a DICOM series (one file per slice) or one NIfTI file, a few hundred axial
-# slices. A 2D model meets it one slice at a time, in four steps: read the slices in HU, put them in
-# order and in the orientation of the training slices, predict each slice, and count the lung
-# voxels times the voxel volume. Here on `SCAN`: a COPD patient's chest CT from another scanner
-# (Chest Imaging Platform, 4 mm slices; see `SCAN` above), or, where it is missing, a
-# **demonstration** series written from 8 test slices of different patients (not anatomy along z).
-
-# %%
-import pydicom
-from lungseg.dicom import write_dicom_series  # writes slices in HU as a DICOM series
-
-chosen = PREDICT_MODEL or winner
-scan_dir = REPO_ROOT / SCAN if SCAN and (REPO_ROOT / SCAN).is_dir() else output_dir / "demo_series"
-if scan_dir.name == "demo_series" and not scan_dir.is_dir():
-    write_dicom_series(images[:8], scan_dir, pixel_spacing_mm=(spacing_mm, spacing_mm), slice_spacing_mm=5.0,
-                       slope=1.0, intercept=-1024.0, description="DEMO: 8 test slices of different patients")
-headers = [pydicom.dcmread(f) for f in sorted(scan_dir.iterdir()) if f.suffix.lower() == ".dcm"]
-headers.sort(key=lambda h: float(h.ImagePositionPatient[2]))  # axial: by position along the body, not file name
-volume = np.stack([h.pixel_array * float(h.RescaleSlope) + float(h.RescaleIntercept) for h in headers])  # HU
-row_mm, column_mm = (float(v) for v in headers[0].PixelSpacing)
-slice_mm = float(np.median(np.diff([float(h.ImagePositionPatient[2]) for h in headers])))
-print(f"{repo_path(scan_dir)}: {volume.shape[0]} slices of {volume.shape[1]}x{volume.shape[2]}, "
-      f"{volume.min():.0f}..{volume.max():.0f} HU, voxels {row_mm:.2f} x {column_mm:.2f} x {slice_mm:.2f} mm")
-orientation = [round(float(v)) for v in headers[0].ImageOrientationPatient]
-print("orientation (rows, columns):", orientation, "= the training slices' (front at the top, the patient's right on "
-      "the left)" if orientation == [1, 0, 0, 0, 1, 0] else "is not the training slices': read_scan below turns it")
-
-# %% [markdown]
-# Predict every slice, exactly as the test slices above, and measure: lung voxels x voxel volume.
-
-# %%
-probabilities = np.stack(lu.predict_probabilities(models[chosen], list(volume), records[chosen]))
-mask = probabilities >= THRESHOLD
-print(f"{chosen}: {mask.sum() * row_mm * column_mm * slice_mm / 1000:,.0f} mL of lung in {mask.any(axis=(1, 2)).sum()} "
-      f"of {len(mask)} slices")
-
-# %%
-middle_row = int(np.argmax(mask.sum(axis=(0, 2))))  # the coronal plane through the most lung
-coronal = window_hu(volume[::-1, middle_row, :], -1000, 400)  # head at the top
-axial = int(np.argmax(mask.sum(axis=(1, 2))))
-figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-axes[0].imshow(mask_overlay(window_hu(volume[axial], -1000, 400), mask[axial]))
-axes[0].set_title(f"axial slice {axial + 1} of {len(volume)}")
-axes[1].imshow(mask_overlay(coronal, mask[::-1, middle_row, :]), aspect=slice_mm / column_mm)
-axes[1].set_title("coronal (head at the top), rebuilt from the slices")
-for axis in axes:
-    axis.set_xticks([]), axis.set_yticks([])
-lu.save_figure(figure, figures_dir / "05_scan.png", synthetic);
-
-# %% [markdown]
-# A 2D model sees one slice at a time, so on a whole scan it can mark bowel gas below the lungs or
-# air beside the body. A volume shows what a slice cannot: the lungs are the large connected
-# air-filled organs inside the body. `lungseg.scans` does what a product needs beyond the four
-# steps: any DICOM series or NIfTI in any orientation, connected regions kept only when they are
-# inside the body and hold lung tissue (`keep_lungs`), right and left lung (`split_lungs`), and
-# the measurements, LAA-950 (the emphysema index) among them.
-
-# %%
-scan = read_scan(scan_dir)  # the same slices, read and checked by lungseg.scans
-labels = segment_scan(models[chosen], scan, records[chosen])  # 0 background, 1 right lung, 2 left lung
-pd.DataFrame([scan_measurements(scan, labels)], index=[chosen]).drop(columns=["name", "kind"]).round(1)
-
-# %% [markdown]
-# ## Lung is anatomy, not darkness
-# People segment lungs mostly because something is wrong in them, and a lung mask keeps diseased
-# lung: a tumour inside the pleura is lung tissue gone dense. A model trained on clear lungs has
-# learnt that lung is *dark*, and leaves every dense lesion out; Hofmanninger et al. (2020) showed
-# that this is "primarily a data diversity problem, not a methodology problem". Below, two 30 mm
-# tumours (+40 HU) are written into this scan's lung: one deep inside it, one against the chest
-# wall. The model alone, then with the 3D step, which fills what the lung encloses.
-
-# %%
-lung = labels > 0
-voxel_mm = (float(np.mean(scan.slice_thickness_mm)), *scan.pixel_spacing_mm)  # (slice, row, column)
-zz, yy, xx = np.indices(lung.shape)
-def ball(centre, diameter_mm=30.0):
-    return sum(((axis - c) * mm) ** 2 for axis, c, mm in zip((zz, yy, xx), centre, voxel_mm)) <= (diameter_mm / 2) ** 2
-depth = ndimage.distance_transform_edt(lung, sampling=voxel_mm)  # mm from the lung's edge
-deep = np.unravel_index(np.argmax(depth), lung.shape)  # the point deepest inside the lung
-k = deep[0]
-edge_rows, edge_columns = np.nonzero(lung[k])
-side = int(np.argmin(edge_columns))  # the right lung's outermost point on that slice: the chest wall
-on_wall = (k, edge_rows[side], edge_columns[side] + round(10 / voxel_mm[2]))  # 10 mm inside the pleura
-tumours = {"deep inside": ball(deep) & lung, "on the chest wall": ball(on_wall) & lung}
-print({name: f"{tumour.sum() * np.prod(voxel_mm) / 1000:.1f} mL" for name, tumour in tumours.items()})
-
-# %% [markdown]
-# Write them in at +40 HU (soft tissue, with a scanner's noise), segment the diseased scan both ways,
-# and count how much of each tumour is called lung.
-
-# %%
-sick = scan.hu.copy()
-for tumour in tumours.values():
-    sick[tumour] = 40 + np.random.default_rng(SEED).normal(0, 15, tumour.sum())
-diseased = Scan(scan.name, scan.kind, sick, scan.pixel_spacing_mm, scan.slice_thickness_mm, scan.affine, scan.orientation)
-alone = segment_scan(models[chosen], diseased, records[chosen], postprocess=False) > 0  # the model, slice by slice
-with_3d = segment_scan(models[chosen], diseased, records[chosen]) > 0  # and the 3D step
-pd.DataFrame({name: {"kept by the model": alone[tumour].mean(), "kept with the 3D step": with_3d[tumour].mean()}
-              for name, tumour in tumours.items()}).T.round(2)
-
-# %%
-figure, axes = plt.subplots(1, 2, figsize=(10, 4.5))
-for axis, found, title in [(axes[0], alone, "the model alone"), (axes[1], with_3d, "with the 3D step")]:
-    axis.imshow(mask_overlay(window_hu(sick[k], -1000, 400), found[k].astype(np.uint8)))
-    axis.contour(sum(tumours.values())[k], [0.5], colors="red", linewidths=1)
-    axis.set_title(f"{title}: tumours in red"), axis.set_xticks([]), axis.set_yticks([])
-lu.save_figure(figure, figures_dir / "05_tumours.png", synthetic);
-
-# %% [markdown]
-# The tumour that the lung encloses comes back: a hole in the lung in 3D is lung. The one on the
-# chest wall does not: nothing closes the lung's outline over it, and the model took its density
-# for the chest wall. Teaching the network with lesions pasted into its training lungs (02's
-# `LESIONS`) raised the share kept on held-out Kaggle slices but lowered the COPD chest's Dice from
-# 0.978 to 0.92, so it is off by default; [RESULTS.md](../RESULTS.md) has both.
-
-# %% [markdown]
-# ## Another scanner
-# Every test score above comes from one collection, and a model can score 0.98 on all of it and still
-# fail elsewhere (**domain shift**). The Kaggle slices are stored at about 0.8x their HU, so their
-# lung sits near -690; this COPD patient's, in standard HU, near -950. Models trained on the stored numbers
-# found 306 of this scan's 4,554 mL of lung; trained on calibrated HU (01) with intensity
-# augmentation (02) they find it all (Dice 0.98; every volume, both models:
-# [RESULTS.md](../RESULTS.md)). Without that scan (the demonstration series), the histogram compares
-# a Kaggle slice as stored with test slices in calibrated HU: the same shift. (The CIP scan is the
-# CIP authors' 8x downsample of a whole chest: 64x64 pixels of 4.17 mm.) Calibrated, the Kaggle lung
-# moves next to the COPD lung; what gap remains is emphysema and breathing, not scale.
-
-# %%
-stored = read_slice(test.image_path.iloc[0])
-figure, axis = plt.subplots(figsize=(7, 3.2))
-lung = lu.read_mask(test.mask_path.iloc[0]) > 0
-axis.hist(stored[lung], bins=np.arange(-1100, 0, 10), alpha=0.5, density=True, label="Kaggle slice, lung as stored")
-axis.hist(lu.to_standard_hu(stored, calibration)[lung], bins=np.arange(-1100, 0, 10), alpha=0.5, density=True,
-          label="the same, calibrated (01)")
-axis.hist(scan.hu[labels > 0], bins=np.arange(-1100, 0, 10), alpha=0.5, density=True, label=f"{scan_dir.name}, lung in HU")
-axis.set_xlabel("value"), axis.set_yticks([]), axis.legend(), axis.set_title("The same organ: stored scale, and calibrated")
-lu.save_figure(figure, figures_dir / "05_other_scanner.png", synthetic);
-
-# %% [markdown]
-# ## Your own scans
-# One call segments every scan in a folder or file (DICOM series, NIfTI, slices) and writes a mask
-# (`<name>_mask.nii.gz` on the input's grid, 1 right lung, 2 left lung), a preview and a row of
-# `measurements.csv`; from a shell, `bash scripts/predict.sh INPUT [OUTPUT_DIR]` does the same. An
-# input it cannot use is named in one line, and it never replaces your files. Set `PREDICT_DIR` to
-# your CT; empty, it segments `SCAN`. More: [docs/own-scans.md](../docs/own-scans.md).
-
-# %%
-scans_input = Path(PREDICT_DIR).expanduser() if PREDICT_DIR else scan_dir
-measured = predict_scans(models[chosen], records[chosen], scans_input, output_dir / "predictions" / chosen,
-                         model_name=chosen)
-measured.drop(columns=["mask", "dicom_seg", "preview", "input"], errors="ignore").round(2).T
-
-# %%
-figure, axis = plt.subplots(figsize=(14, 3))
-axis.imshow(plt.imread(measured.preview.iloc[0])), axis.axis("off");
-
-# %% [markdown]
 # ## What you learned
-# - Score at the slices' native 512x512, per slice, with Dice and HD95 together, and compare two models
-#   on the same slices with a paired test: a mean alone hides how often one beats the other.
-# - In-domain scores do not show generalisation: whole scans from other scanners, measured against other
-#   tools' masks, decide which model you use (the Residual U-Net, by RESULTS.md).
-# - A 2D model segments a 3D scan slice by slice; the 3D step then keeps what is anatomy (inside the
-#   body, above the diaphragm, not pure gas) and fills what the lung encloses.
+# - Score at the slices' native 512x512, per slice, with Dice and HD95 together: a boundary a few pixels
+#   off barely moves Dice, and HD95 says it in mm.
+# - Compare two models on the same slices, in pairs, with a confidence interval: a difference of means
+#   alone hides how small it is, and how often one model beats the other.
+# - In-domain scores do not show generalisation: the cross-validation and whole scans from other
+#   scanners choose the model (the Residual U-Net).
 #
 # ## Try this
 # 1. Set `THRESHOLD = 0.3`, then `0.7`, and rerun the scores: at 0.3 the masks grow (recall up, precision
 #    down), at 0.7 they shrink, and the mean Dice moves by less than 0.01. The models are confident almost
 #    everywhere. (A test checks it: `tests/test_exercises.py`.)
-# 2. Set `PREDICT_DIR` to a CT of your own (a DICOM series folder or a NIfTI file; in Colab, upload it
-#    first, de-identified), and look at its preview. Not for clinical use.
-# 3. In "Lung is anatomy, not darkness", grow the deep tumour, `ball(deep, diameter_mm=60.0)`, and
-#    rerun: how much does the model alone keep now, and does the 3D step still fill it all?
+# 2. In "Where do the models fail?", show the 6 worst slices instead of 3 (`nsmallest(6)`): are they the
+#    same slices for both models, and are some of them the masks 01's audit flagged?
+# 3. Set `MODELS_DIR` to the models you trained in 03 and 04 with other settings (e.g. `DICE_WEIGHT = 0`)
+#    and compare their paired difference with the committed models'.
 #
-# **Next →** your own scans, with `bash scripts/predict.sh` ([docs/own-scans.md](../docs/own-scans.md)).
+# **Next →** [06_your_scan](06_your_scan.ipynb): the Residual U-Net on a whole chest CT, and then on yours.

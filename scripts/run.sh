@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (first time) and run the whole pipeline, notebooks 01-05, into outputs/.
+# Set up (first time) and run the whole pipeline, notebooks 01-06, into outputs/.
 # Options go to the runner: --quick, -p NAME VALUE, --only NN ..., --output-dir DIR (see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."

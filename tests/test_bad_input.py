@@ -136,15 +136,15 @@ def test_predicting_without_the_models_record_says_what_it_needs(trained_unet, r
         lu.predict_masks(model, image, {})
 
 
-def test_predict_settings_of_05_are_checked_before_the_evaluation(tmp_path):
+def test_the_settings_of_06_are_checked_before_anything_is_downloaded_or_loaded(tmp_path):
     from notebook_code import run_cells
 
-    with pytest.raises(LungsegError, match="PREDICT_DIR='no-such-folder' does not exist"):
-        run_cells("05_evaluate", {"PREDICT_DIR": "no-such-folder", "OUTPUT_DIR": str(tmp_path)},
-                  stop_after="models_dir = REPO_ROOT")
-    with pytest.raises(LungsegError, match="PREDICT_MODEL='foo' is not one of MODELS"):
-        run_cells("05_evaluate", {"PREDICT_MODEL": "foo", "OUTPUT_DIR": str(tmp_path)},
-                  stop_after="models_dir = REPO_ROOT")
+    with pytest.raises(LungsegError, match=r"SCAN='no-such-folder' does not exist .*in Colab, upload it first"):
+        run_cells("06_your_scan", {"SCAN": "no-such-folder", "OUTPUT_DIR": str(tmp_path), "EXAMPLE_DIR": str(tmp_path / "x")},
+                  stop_after="check_scan_settings(")
+    with pytest.raises(LungsegError, match=r"MODEL='foo' is not one of \['unet', 'resunet'\]"):
+        run_cells("06_your_scan", {"MODEL": "foo", "OUTPUT_DIR": str(tmp_path)}, stop_after="check_scan_settings(")
+    assert not (tmp_path / "x").exists()  # nothing downloaded
 
 
 # --------------------------------------------------------------------------- smaller ones (item 8)

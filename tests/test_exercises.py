@@ -6,7 +6,9 @@ import pytest
 
 import lungseg_utils as lu
 
-from notebook_code import definitions
+from notebook_code import NOTEBOOKS, definitions
+
+REPO_ROOT = NOTEBOOKS.parent
 
 
 def test_01_ten_slices_already_show_how_the_collection_was_stored(real_data, real_names):
@@ -52,3 +54,19 @@ def test_05_the_threshold_trades_precision_for_recall_and_barely_moves_the_dice(
     assert scores[0.3]["recall"] > scores[0.5]["recall"] > scores[0.7]["recall"]
     assert scores[0.3]["precision"] < scores[0.5]["precision"] < scores[0.7]["precision"]
     assert all(abs(scores[t]["dice"] - scores[0.5]["dice"]) < 0.01 for t in (0.3, 0.7))
+
+
+def test_06_a_higher_threshold_shrinks_the_lungs_and_raises_laa950():
+    from lungseg.example_scan import SERIES, SHARED, _complete
+    from lungseg.scans import read_scan, scan_measurements, segment_scan
+
+    if not _complete(SHARED):
+        pytest.skip("the example scan is not beside the repository")
+    model, record = lu.load_trained_model(REPO_ROOT / "models" / "resunet.keras")
+    scan = read_scan(SHARED / SERIES)
+    measured = {threshold: scan_measurements(scan, segment_scan(model, scan, record, threshold=threshold))
+                for threshold in (0.3, 0.5, 0.7)}
+    volumes = [measured[t]["lung_volume_ml"] for t in (0.3, 0.5, 0.7)]
+    laa950 = [measured[t]["laa950_percent"] for t in (0.3, 0.5, 0.7)]
+    assert volumes[0] > volumes[1] > volumes[2] and laa950[0] < laa950[1] < laa950[2]
+    assert all(abs(v / volumes[1] - 1) < 0.05 for v in volumes)  # "about 3%": 4,799 / 4,654 / 4,521 mL when measured
