@@ -200,3 +200,17 @@ def read_split_manifest(path, names) -> pd.DataFrame:
     if not {"train", "val"} <= set(manifest.split):
         raise LungsegError(f"{path}: has no train or no val slices; both are needed to train.")
     return manifest[["name", "split"]].sort_values("name", ignore_index=True)
+
+
+def benchmark_settings(environ=None) -> tuple[str, bool]:
+    """02's two settings that only the benchmark changes (``benchmarks/crossval.py``, through the runner's
+    ``-p SPLIT_MANIFEST`` / ``-p TRAIN_ON_FLAGGED``), kept out of the lesson's Parameters cell: a saved split
+    to use (``$LUNGSEG_SPLIT_MANIFEST``, a CSV relative to the repository) and whether the masks that 01's
+    audit flags may train (``$LUNGSEG_TRAIN_ON_FLAGGED``)."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    flagged = environ.get("LUNGSEG_TRAIN_ON_FLAGGED", "True")
+    if flagged not in ("True", "False"):
+        raise LungsegError(f"LUNGSEG_TRAIN_ON_FLAGGED={flagged!r}: use True or False (-p TRAIN_ON_FLAGGED False).")
+    return environ.get("LUNGSEG_SPLIT_MANIFEST", ""), flagged == "True"

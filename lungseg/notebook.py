@@ -39,5 +39,6 @@ def show_config(namespace: dict, **resolved):
     (paths shown from the repository), the device and the library versions, as one table."""
     from lungseg.report import config_table, describe_device
 
-    parameters = {name: namespace[name] for name in parameter_names() if name in namespace}
+    declared = set(parameter_names())
+    parameters = {name: value for name, value in namespace.items() if name in declared}  # in the cell's order
     return config_table({**parameters, **resolved, "device": describe_device()})

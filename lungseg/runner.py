@@ -28,6 +28,9 @@ NOTEBOOKS = REPO_ROOT / "notebooks"
 QUICK = {"IMG_SIZE": 64, "EPOCHS": 3, "BASE_FILTERS": 8, "BATCH_SIZE": 8, "SYNTHETIC_COUNT": 24}
 PATH_PARAMETERS = ("DATA_DIR", "ARCHIVE", "MODELS_DIR", "SCAN", "EXAMPLE_DIR")  # given on the command line: resolved here
 SYNTHETIC_NOTE = "[SYNTHETIC DATA - not real CT]"
+# 02's settings that only the benchmark changes, out of the lesson's Parameters cell: the kernels get them as
+# $LUNGSEG_<NAME> (lungseg.data.benchmark_settings reads them).
+BENCHMARK_PARAMETERS = {"SPLIT_MANIFEST": "", "TRAIN_ON_FLAGGED": True}
 
 
 class NotebookFailed(RuntimeError):
@@ -90,6 +93,8 @@ def check_parameters(given: dict, only=None) -> None:
     defaults = {}
     for source in notebook_sources(only):
         defaults.update(declared_defaults(jupytext.read(source)))
+        if source.name.startswith("02"):
+            defaults.update(BENCHMARK_PARAMETERS)
     for name, value in given.items():
         if name not in defaults:
             close = difflib.get_close_matches(name, defaults, n=3, cutoff=0.6)
@@ -139,12 +144,27 @@ def run_pipeline(parameters: dict, output_dir: str = "outputs", only=None, prepa
     What the notebooks print is shown as they run, through ``log``."""
     import os
 
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the kernels inherit it: less TensorFlow chatter
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # no "Debugger warning: ... frozen modules" lines
+
+    parameters = dict(parameters)
+    benchmark = {f"LUNGSEG_{name}": str(parameters.pop(name)) for name in BENCHMARK_PARAMETERS if name in parameters}
+    saved = {name: os.environ.get(name) for name in benchmark}
+    os.environ.update(benchmark)  # the kernels inherit them; restored when the run ends
+    try:
+        return _run(parameters, output_dir, only, prepare_only, log)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _run(parameters: dict, output_dir: str, only, prepare_only: bool, log) -> list[Path]:
     import jupytext
     import papermill
     from traitlets.config import Config
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the kernels inherit it: less TensorFlow chatter
-    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # no "Debugger warning: ... frozen modules" lines
 
     parameters = {**parameters, "OUTPUT_DIR": output_dir}
     executed_dir = REPO_ROOT / output_dir / "notebooks"

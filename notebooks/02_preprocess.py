@@ -47,7 +47,7 @@ from scipy import ndimage
 from sklearn.model_selection import train_test_split
 
 from lungseg.checks import check_augmentation  # refuses augmentation settings that cannot work
-from lungseg.data import dataset_calibration, read_split_manifest  # 01's HU calibration; a saved split, checked
+from lungseg.data import benchmark_settings, dataset_calibration, read_split_manifest  # 01's calibration; splits
 from lungseg.errors import LungsegError  # the error every check raises: it names the file or parameter and the fix
 from lungseg.report import repo_path, write_json  # each run documents itself
 import lungseg_utils as lu  # the #@save cells of 01 (and of this notebook)
@@ -67,7 +67,6 @@ HU_MIN = -1000
 HU_MAX = 400
 SPLIT = [0.7, 0.15, 0.15]
 SPLIT_SEED = 0
-SPLIT_MANIFEST = ""  # a saved split to reuse (CSV: name, split), e.g. a cross-validation fold; empty: SPLIT
 ROTATION_DEGREES = 0.0  # geometric augmentation is off by default: see "Augmentation" below
 FLIP_LEFT_RIGHT = False
 FLIP_UP_DOWN = False
@@ -78,7 +77,6 @@ NOISE_HU = 20.0  # Gaussian noise, HU
 BLUR_SIGMA = 1.0  # Gaussian blur of up to this many pixels (at most 1)
 GAS_POCKETS = 0.5  # share of training slices given pockets of bowel gas that are not lung; see "Gas is not lung"
 LESIONS = 0.0  # share of training slices given dense lesions inside the lung, labelled lung; see "Diseased lung is lung"
-TRAIN_ON_FLAGGED = True  # False: slices whose mask 01's audit flags are kept out of training and validation
 
 # %% [markdown]
 # ## Configuration
@@ -147,14 +145,14 @@ lu.save_figure(figure, output_dir / "figures" / "02_hu_window.png", dataset["syn
 #
 # One split of 217 slices tests on 33 of them, too few to choose between settings whose Dice differs
 # by 0.001. So the defaults are decided by a 5-fold cross-validation, in which every slice is tested
-# once (`benchmarks/crossval.py` gives this notebook each fold as `SPLIT_MANIFEST`), and on CT from
+# once (`benchmarks/crossval.py` gives this notebook each fold as a saved split), and on CT from
 # other scanners ([RESULTS.md](../RESULTS.md)). This split stays the teaching split.
 #
 # 01's audit flags masks that are wrong (three of the 217). By default they are split like any other
-# slice. With `TRAIN_ON_FLAGGED = False` the flagged slices that fall in training or validation are
-# marked `excluded` in the manifest and left out of the arrays, so no model learns from them or picks
-# its epoch on them; the flagged slices that fall in the test part stay there, scored and named.
-# Leaving them out moved the cross-validated Dice by less than 0.0005, so the default keeps them.
+# slice. The benchmark can keep them out (`TRAIN_ON_FLAGGED False`): the flagged slices that fall in
+# training or validation are then marked `excluded` in the manifest and left out of the arrays, while
+# those in the test part stay there, scored and named. Leaving them out moved the cross-validated Dice
+# by less than 0.0005, so the lesson keeps them.
 
 # %%
 def split_slices(names, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> pd.DataFrame:
@@ -173,11 +171,12 @@ def split_slices(names, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> pd.DataFr
 
 
 # %% tags=["nbval-check-output"]
-if SPLIT_MANIFEST:  # a split made elsewhere (the benchmark's folds): checked to name exactly these slices
-    manifest = read_split_manifest(REPO_ROOT / SPLIT_MANIFEST, pairs.name)
+split_manifest, train_on_flagged = benchmark_settings()  # "" and True, unless benchmarks/crossval.py sets them
+if split_manifest:  # a split made elsewhere (the benchmark's folds): checked to name exactly these slices
+    manifest = read_split_manifest(REPO_ROOT / split_manifest, pairs.name)
 else:
     manifest = split_slices(pairs.name, SPLIT, SPLIT_SEED)
-if not TRAIN_ON_FLAGGED:  # the flagged masks stay test slices (scored, and named as flagged), never teachers
+if not train_on_flagged:  # the flagged masks stay test slices (scored, and named as flagged), never teachers
     audit_csv = output_dir / "data" / "label_audit.csv"
     if not audit_csv.is_file():
         raise LungsegError(f"TRAIN_ON_FLAGGED=False needs 01's label audit, {audit_csv}, which is missing: run "
@@ -356,9 +355,9 @@ temporary = arrays_path.with_name("arrays.partial.npz")
 np.savez(temporary, **arrays)
 temporary.replace(arrays_path)
 settings = {"img_size": IMG_SIZE, "hu_min": HU_MIN, "hu_max": HU_MAX, "split": SPLIT, "split_seed": SPLIT_SEED,
-            "split_method": f"manifest {SPLIT_MANIFEST}" if SPLIT_MANIFEST else "train_test_split",
+            "split_method": f"manifest {split_manifest}" if split_manifest else "train_test_split",
             "augmentation": augmentation, "gas_pockets": float(GAS_POCKETS), "lesions": float(LESIONS),
-            "train_on_flagged": bool(TRAIN_ON_FLAGGED),
+            "train_on_flagged": train_on_flagged,
             "hu_calibration": calibration,
             "data_source": dataset["source"], "synthetic": dataset["synthetic"],
             "data_root": dataset["root"], "slices": {s: int(len(arrays[f"x_{s}"])) for s in ("train", "val", "test")}}

@@ -27,10 +27,12 @@
 # - see why a lung mask is anatomy and not darkness;
 # - segment your own scan.
 #
-# The example is a real whole chest CT of a COPD patient (Chest Imaging Platform, BSD-style licence),
-# which the notebook downloads once (1 MB, checked file by file) with its reference lung mask. Its
-# authors shrank it 8x for their tests: 64x64 pixels of 4.17 mm, 79 slices 4 mm apart, so it looks
-# blocky. **Not for clinical use.**
+# The example is a real whole chest CT with a reference lung mask. Where there is a network it comes at
+# full resolution from NCI's Imaging Data Commons: a lung cancer patient of NSCLC-Radiomics (LUNG1-001,
+# 134 slices of 512x512, 88 MB, CC BY-NC 3.0) with the radiotherapy team's lung contours. Without one
+# (as on the machine that made this notebook's outputs), a small one: a COPD patient's chest from the
+# Chest Imaging Platform, which its authors shrank 8x (64x64 pixels of 4.17 mm, 1 MB), so it looks
+# blocky. Both are pinned and checked file by file. **Not for clinical use.**
 
 # %%
 # Setup. In Colab: clone the repository and install the 4 packages Colab lacks. Everywhere: say the runtime.
@@ -46,7 +48,6 @@ REPO_ROOT = start()
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import nrrd
 import numpy as np
 import pandas as pd
 import pydicom
@@ -54,20 +55,22 @@ from scipy import ndimage
 
 import lungseg_utils as lu  # 01-05's #@save cells: reading HU, predicting, the model's loader
 from lungseg.checks import check_scan_settings, choose_models_dir  # refuses MODEL / SCAN that cannot work
-from lungseg.example_scan import REFERENCE, SERIES, get_example_scan  # the example: a CT series, its lung mask
+from lungseg.examples import get_example, reference_mask  # the example: a CT series and its reference lungs
 from lungseg.scans import Scan, inside_body, keep_lungs, mask_overlay, predict_scans, read_scan, segment_scan, split_lungs
 
 # %% [markdown]
 # ## Parameters
 # `SCAN`: your CT, a DICOM series folder or a NIfTI file (see "Your own scan" at the end); empty, the
 # last section segments the example. `MODEL`: the Residual U-Net, the model 05 chose for whole scans.
-# `EXAMPLE_DIR`: where the example scan is kept; empty, the copy beside the repository if there is one,
-# else `data/cip-copdgene-64` (downloaded once). This notebook needs no Kaggle data, so no `DATA_DIR`.
+# `EXAMPLE`: `"auto"` (the full-resolution scan where it can be downloaded, else the small one), `"full"`
+# or `"small"`; `EXAMPLE_DIR`: where it is kept (empty: `data/` in the repository, or the copy beside it).
+# This notebook needs no Kaggle data, so no `DATA_DIR`.
 
 # %% tags=["parameters"]
 SCAN = ""
 MODEL = "resunet"
 MODELS_DIR = ""  # empty: yours in OUTPUT_DIR/models (03, 04) if both are there, else the committed ones
+EXAMPLE = "auto"
 EXAMPLE_DIR = ""
 THRESHOLD = 0.5
 OUTPUT_DIR = "outputs"
@@ -79,8 +82,9 @@ output_dir = REPO_ROOT / OUTPUT_DIR
 models_dir = choose_models_dir(MODELS_DIR, output_dir, ["unet", "resunet"], REPO_ROOT)
 model, record = lu.load_trained_model(models_dir / f"{MODEL}.keras")
 synthetic = record["synthetic"]  # a model that learnt phantoms: every figure says so
-example = get_example_scan(EXAMPLE_DIR)  # pinned, checksummed, downloaded once
-show_config(globals(), models=models_dir, trained_on=record["data_source"] + lu.data_label(synthetic), example=example)
+example = get_example(EXAMPLE, EXAMPLE_DIR)  # pinned, checked file by file, downloaded once
+show_config(globals(), models=models_dir, example=example.description,
+            trained_on="SYNTHETIC phantoms, not real CT" if synthetic else "real CT slices")
 
 # %% [markdown]
 # ## A scan is a volume
@@ -89,7 +93,7 @@ show_config(globals(), models=models_dir, trained_on=record["data_source"] + lu.
 # `RescaleSlope` / `RescaleIntercept` how stored numbers become HU.
 
 # %%
-headers = [pydicom.dcmread(path) for path in sorted((example / SERIES).glob("*.dcm"))]
+headers = [pydicom.dcmread(path) for path in sorted(example.series.glob("*.dcm"))]
 headers.sort(key=lambda h: float(h.ImagePositionPatient[2]))  # from the feet up, by position, not by file name
 volume = np.stack([h.pixel_array * float(h.RescaleSlope) + float(h.RescaleIntercept) for h in headers])  # HU
 row_mm, column_mm = (float(v) for v in headers[0].PixelSpacing)
@@ -162,7 +166,7 @@ pd.DataFrame({"mL": ndimage.sum(mask, regions, index) * voxel_ml,
 # lung in 3D (a vessel, a tumour) is lung.
 
 # %%
-scan = read_scan(example / SERIES)  # the same series, read and checked by lungseg.scans
+scan = read_scan(example.series)  # the same series, read and checked by lungseg.scans
 kept = keep_lungs(mask, scan) > 0
 print(f"before: {mask.sum() * voxel_ml:,.0f} mL in {found} regions; after: {kept.sum() * voxel_ml:,.0f} mL in "
       f"{ndimage.label(kept)[1]} (the two lungs touch: right and left come next)")
@@ -181,15 +185,15 @@ show_axial_and_coronal(labels, "right lung green, left lung blue", output_dir / 
 # ## Measure: volume and LAA-950
 # The lung volume, and **LAA-950**: the share of lung voxels below -950 HU, the standard CT index of
 # emphysema (healthy lungs at full inspiration: a few percent). The histogram shows where it comes
-# from. The reference is the Chest Imaging Platform's own lung mask of this scan.
+# from. The reference is the example's own lung mask, read onto the same grid.
 
 # %%
-reference = nrrd.read(str(example / REFERENCE))[0].transpose(2, 1, 0) > 0  # NRRD: x, y, z -> slice, row, column
+reference = reference_mask(example, scan)  # the example's reference lungs, slice by slice
 ours = labels > 0
 pd.DataFrame({"lung mL": [ours.sum() * voxel_ml, reference.sum() * voxel_ml],
               "LAA-950 %": [100 * np.mean(volume[ours] < -950), 100 * np.mean(volume[reference] < -950)],
               "Dice with the reference": [2 * (ours & reference).sum() / (ours.sum() + reference.sum()), 1.0]},
-             index=[MODEL, "reference (CIP's mask)"]).round(3)
+             index=[MODEL, "reference"]).round(3)
 
 # %%
 figure, axis = plt.subplots(figsize=(7, 3))
@@ -199,8 +203,7 @@ axis.set_xlabel("HU inside the lung mask"), axis.set_yticks([]), axis.legend()
 lu.save_figure(figure, synthetic=synthetic);
 
 # %% [markdown]
-# Two good masks of a 4 mm scan differ by about the width of their boundary, a few percent of the volume;
-# LAA-950 is a share, and moves less.
+# Two good masks of one scan differ by about the width of their boundary, a few percent of the volume.
 
 # %% [markdown]
 # ## Lung is anatomy, not darkness
@@ -273,7 +276,7 @@ lu.save_figure(figure, output_dir / "figures" / "06_tumours.png", synthetic);
 # The masks come from a research model: **not for clinical use**.
 
 # %%
-measured = predict_scans(model, record, Path(SCAN).expanduser() if SCAN else example / SERIES,
+measured = predict_scans(model, record, Path(SCAN).expanduser() if SCAN else example.series,
                          output_dir / "predictions" / MODEL, model_name=MODEL)
 measured.drop(columns=["mask", "dicom_seg", "preview", "input"], errors="ignore").round(2).T
 
@@ -293,7 +296,7 @@ axis.imshow(plt.imread(measured.preview.iloc[0])), axis.axis("off");
 # ## Try this
 # 1. Set `MODEL = "unet"` and rerun: how many regions does the U-Net leave before the 3D step, and what is
 #    its Dice with the reference? (RESULTS.md's table has the answer for this scan.)
-# 2. Set `THRESHOLD = 0.3`, then `0.7`: the lungs grow and shrink by about 3%, and LAA-950 moves the other
+# 2. Set `THRESHOLD = 0.3`, then `0.7`: the lungs grow and shrink by a few percent, and LAA-950 moves the other
 #    way (down at 0.3, up at 0.7). A higher threshold drops the boundary voxels, which are denser (they
 #    share their volume with the chest wall and vessels), so the lung left is darker. (A test checks it:
 #    `tests/test_exercises.py`.)

@@ -57,13 +57,13 @@ def test_05_the_threshold_trades_precision_for_recall_and_barely_moves_the_dice(
 
 
 def test_06_a_higher_threshold_shrinks_the_lungs_and_raises_laa950():
-    from lungseg.example_scan import SERIES, SHARED, _complete
+    from lungseg import examples
     from lungseg.scans import read_scan, scan_measurements, segment_scan
 
-    if not _complete(SHARED):
-        pytest.skip("the example scan is not beside the repository")
+    if not examples._complete(examples.CIP_SHARED, examples.cip_checksums()):
+        pytest.skip("the small example scan is not beside the repository")
     model, record = lu.load_trained_model(REPO_ROOT / "models" / "resunet.keras")
-    scan = read_scan(SHARED / SERIES)
+    scan = read_scan(examples.small_example().series)
     measured = {threshold: scan_measurements(scan, segment_scan(model, scan, record, threshold=threshold))
                 for threshold in (0.3, 0.5, 0.7)}
     volumes = [measured[t]["lung_volume_ml"] for t in (0.3, 0.5, 0.7)]

@@ -124,7 +124,8 @@ def _outputs_of_01(real_data, real_names, output: Path) -> Path:
 
 
 @pytest.mark.parametrize("fold", [None, 0])
-def test_train_on_flagged_false_keeps_the_flagged_masks_out_of_training_only(real_data, real_names, tmp_path, fold):
+def test_train_on_flagged_false_keeps_the_flagged_masks_out_of_training_only(real_data, real_names, tmp_path, fold,
+                                                                             monkeypatch):
     from notebook_code import run_cells
 
     runs = {}
@@ -134,8 +135,9 @@ def test_train_on_flagged_false_keeps_the_flagged_masks_out_of_training_only(rea
         if fold is not None:  # a cross-validation fold, as benchmarks/crossval.py gives it
             manifest = tmp_path / f"fold_{fold}.csv"
             kfold_split(pd.read_csv(output / "data" / "pairs.csv").name, fold).to_csv(manifest, index=False)
-        run_cells("02_preprocess", {"OUTPUT_DIR": str(output), "IMG_SIZE": 32, "SPLIT_MANIFEST": str(manifest),
-                                    "TRAIN_ON_FLAGGED": train_on_flagged})
+        monkeypatch.setenv("LUNGSEG_SPLIT_MANIFEST", str(manifest))  # as the runner gives -p SPLIT_MANIFEST
+        monkeypatch.setenv("LUNGSEG_TRAIN_ON_FLAGGED", str(train_on_flagged))
+        run_cells("02_preprocess", {"OUTPUT_DIR": str(output), "IMG_SIZE": 32})
         with np.load(output / "data" / "arrays.npz") as arrays:
             names = {part: set(arrays[f"names_{part}"]) for part in ("train", "val", "test")}
         runs[train_on_flagged] = (pd.read_csv(output / "data" / "split_manifest.csv").set_index("name").split, names,
@@ -151,13 +153,14 @@ def test_train_on_flagged_false_keeps_the_flagged_masks_out_of_training_only(rea
     assert names_off["test"] == names["test"]
 
 
-def test_train_on_flagged_false_without_the_audit_says_to_run_01(real_data, real_names, tmp_path):
+def test_train_on_flagged_false_without_the_audit_says_to_run_01(real_data, real_names, tmp_path, monkeypatch):
     from notebook_code import run_cells
 
     output = _outputs_of_01(real_data, real_names, tmp_path / "out")
     (output / "data" / "label_audit.csv").unlink()  # outputs of a version of 01 before the audit
+    monkeypatch.setenv("LUNGSEG_TRAIN_ON_FLAGGED", "False")
     with pytest.raises(LungsegError, match="TRAIN_ON_FLAGGED=False needs 01's label audit.*run 01_download again"):
-        run_cells("02_preprocess", {"OUTPUT_DIR": str(output), "IMG_SIZE": 32, "TRAIN_ON_FLAGGED": False})
+        run_cells("02_preprocess", {"OUTPUT_DIR": str(output), "IMG_SIZE": 32})
 
 
 def test_a_split_manifest_must_name_exactly_these_slices(real_names, tmp_path):

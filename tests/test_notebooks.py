@@ -4,6 +4,7 @@ synthetic default; each notebook alone in a fresh output folder; failures that n
 
 import ast
 import json
+import os
 import re
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pandas as pd
 import pytest
 
 from lungseg import build_utils, runner
+from lungseg.errors import LungsegError
 
 from conftest import REPO_ROOT, split_sizes
 
@@ -210,7 +212,7 @@ def test_no_lint_or_nbval_markers_in_the_readers_code():
 # bookkeeping at the bottom; the lesson library (lungseg_utils.py, made from the notebooks) on them; the dataset,
 # the own-scan tool and the runner on top.
 BOTTOM = {"errors", "files", "dicom", "checks", "report", "portable", "outputs", "synthetic", "training"}
-TOP = {"data", "download", "example_scan", "scans", "predict", "runner", "notebook", "nbval_data", "build_utils"}
+TOP = {"data", "download", "examples", "scans", "predict", "runner", "notebook", "nbval_data", "build_utils"}
 
 
 def _lungseg_imports(source: str) -> set[str]:
@@ -294,3 +296,23 @@ def test_published_notebooks_come_from_one_clean_run(notebook):
     for unwanted in (r"<[\w.]+ (object )?at 0x[0-9a-f]+>", r"(?<![\w.])/(work|tmp|root|home|content|Users)/",
                      r"(?<![\w.])\.\./", r"Debugger warning", r"[A-Z]:\\\\"):
         assert not re.search(unwanted, text), f"{notebook.name}: {re.search(unwanted, text).group(0)!r} in its outputs"
+
+
+def test_benchmark_only_settings_are_not_in_the_lessons_parameters_but_reach_the_kernels(monkeypatch):
+    from lungseg.data import benchmark_settings
+
+    assert not {"SPLIT_MANIFEST", "TRAIN_ON_FLAGGED"} & runner.declared_parameters(
+        jupytext.read(REPO_ROOT / "notebooks" / "02_preprocess.py"))
+    runner.check_parameters({"TRAIN_ON_FLAGGED": False, "SPLIT_MANIFEST": "fold.csv"})  # the runner takes them
+    with pytest.raises(SystemExit, match="-p TRAIN_ON_FLAGGED: no selected notebook has this parameter"):
+        runner.check_parameters({"TRAIN_ON_FLAGGED": False}, only=["03"])
+    seen = {}
+    monkeypatch.setattr(runner, "_run", lambda parameters, *args: seen.update(
+        parameters=parameters, settings=benchmark_settings()) or [])
+    monkeypatch.delenv("LUNGSEG_TRAIN_ON_FLAGGED", raising=False)
+    runner.run_pipeline({"TRAIN_ON_FLAGGED": False, "EPOCHS": 1}, only=["02"])
+    assert seen == {"parameters": {"EPOCHS": 1}, "settings": ("", False)}
+    assert "LUNGSEG_TRAIN_ON_FLAGGED" not in os.environ  # restored after the run
+    assert benchmark_settings({}) == ("", True)
+    with pytest.raises(LungsegError, match="LUNGSEG_TRAIN_ON_FLAGGED='no': use True or False"):
+        benchmark_settings({"LUNGSEG_TRAIN_ON_FLAGGED": "no"})
