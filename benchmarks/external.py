@@ -153,16 +153,44 @@ def run_volume(case: dict, model, record: dict, model_name: str, work: Path) -> 
     return result, {"hu": hu, "ours": ours, "reference": on_grid, "affine": affine}
 
 
-def run_lidc(shared: Path, model, record: dict, model_name: str, work: Path) -> dict:
+def run_lidc(shared: Path, model, record: dict, model_name: str, work: Path, figure: Path | None = None) -> dict:
     from lungseg import scans
 
     started = time.perf_counter()
     table = scans.predict_scans(model, record, shared / "lidc-lungmask-testdata", work / f"lidc-{model_name}",
                              model_name=model_name, log=lambda line: None)
     row = table.iloc[-1]
+    if figure is not None:  # the README's picture: a full-resolution slice from another collection
+        lidc_picture(shared, model, record, model_name, int(row["lung_pixels"]) // int(row["slices"]), figure)
     return {"lung_pixels_per_slice": int(row["lung_pixels"]) / int(row["slices"]),
             "seconds": round(time.perf_counter() - started, 2),
             "reference": "lungmask R231: 50,644 per slice (its own test)"}
+
+
+def lidc_picture(shared: Path, model, record: dict, model_name: str, lung_pixels: int, path: Path) -> None:
+    """The LIDC slice at its full 512x512 resolution: the CT, and the model's right (green) and left (blue) lung."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import lungseg_utils as lu
+    from lungseg import scans
+
+    scan = scans.read_scan(shared / "lidc-lungmask-testdata")
+    labels = scans.segment_scan(model, scan, record)
+    image = lu.window_hu(scan.hu[0], -1000, 400)
+    figure, axes = plt.subplots(1, 2, figsize=(9, 4.8))
+    axes[0].imshow(image, cmap="gray"), axes[0].set_title("CT slice, 512x512, 0.625 mm pixels", fontsize=10)
+    axes[1].imshow(scans.mask_overlay(image, labels[0]))
+    axes[1].set_title(f"{model_name}: right lung green, left lung blue", fontsize=10)
+    for axis in axes:
+        axis.set_xticks([]), axis.set_yticks([])
+    figure.suptitle("A full-resolution chest CT slice from another collection (LIDC-IDRI), never trained on:\n"
+                    f"{lung_pixels:,} lung pixels (lungmask's R231: 50,644)", fontsize=11)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
 
 
 def picture(case: dict, arrays: dict, path: Path, title: str) -> None:
@@ -238,7 +266,8 @@ def main(argv=None) -> int:
                             f"{case['name']} ({name}{', ' + args.label if args.label else ''}): Dice "
                             + (f"{result['dice']:.3f}" if result["dice"] is not None else "n/a")
                             + f", {result['lung_ml']:.0f} mL found / {result['reference_ml']:.0f} mL")
-            results["lidc"][name] = run_lidc(shared, model, record, name, Path(work))
+            results["lidc"][name] = run_lidc(shared, model, record, name, Path(work),
+                                             RESULTS / f"external{suffix}-lidc.png" if name == "resunet" else None)
             print(f"{name:8s} lidc: {results['lidc'][name]}", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     target = RESULTS / f"external{suffix}.json"

@@ -131,6 +131,11 @@ def check_models_fit_data(records: dict, dataset: dict, models_dir) -> None:
     """Models that learnt real CT are not scored on synthetic phantoms: the score would measure nothing."""
     real_ct_models = [name for name, record in records.items() if not record["synthetic"]]
     if dataset["synthetic"] and real_ct_models:
-        raise LungsegError(f"The data are SYNTHETIC phantoms, and {', '.join(real_ct_models)} in {Path(models_dir).resolve()} "
-                           "learnt real CT: scoring them on phantoms measures nothing. Get the real data (01_download, "
-                           "DATA_SOURCE), or train on the phantoms first (03_unet, 04_resunet) to evaluate those models here.")
+        import sys
+
+        where = ("In Colab each notebook runs on its own machine: set DATA_DIR to a folder holding the data (01_download "
+                 "says how), or run again when kaggle.com can be reached." if "google.colab" in sys.modules else
+                 "Set DATA_DIR to a folder holding the data, or run 01_download where kaggle.com can be reached; to "
+                 "score models that learnt the phantoms, train them here first (03_unet, 04_resunet).")
+        raise LungsegError(f"The data are SYNTHETIC phantoms, and {', '.join(real_ct_models)} in "
+                           f"{Path(models_dir).name}/ learnt real CT: scoring them on phantoms measures nothing. {where}")

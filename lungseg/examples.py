@@ -128,6 +128,7 @@ def download_with_idc_index(series_uids: list, target: Path) -> None:
 
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "idc-index"], check=True)
         from idc_index import IDCClient
+    print("Downloading the full-resolution example scan (about 88 MB) from the Imaging Data Commons ...", flush=True)
     IDCClient().download_from_selection(seriesInstanceUID=list(series_uids), downloadDir=str(target))
 
 
@@ -150,8 +151,6 @@ def full_example(folder: str | Path = "", download=download_with_idc_index, spec
     if folder.exists() and any(folder.iterdir()):
         raise LungsegError(f"{folder} holds files but no SHA256SUMS: not a finished download of the example. It is "
                            "left as it is: give EXAMPLE_DIR another folder, or move this one away.")
-    print(f"Downloading the full-resolution example scan (about 88 MB) from the Imaging Data Commons into {folder.name}/ ...",
-          flush=True)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".example-", dir=folder.parent) as partial:
         fetched, arranged = Path(partial) / "fetched", Path(partial) / "arranged"
@@ -192,12 +191,12 @@ def get_example(which: str = "auto", folder: str | Path = "", download=None) -> 
     except LungsegError as error:
         if which == "full":
             raise
-        print(f"The full-resolution example cannot be had here ({error}) Using the small one.", flush=True)
+        print(f"Using the small example scan. {error}", flush=True)
     except Exception as error:  # no network, IDC unreachable: the client raises many kinds
         if which == "full":
             raise LungsegError(f"Could not download the full-resolution example ({type(error).__name__}: {error}). "
                                "Check the network, or set EXAMPLE = \"small\".") from None
-        print(f"The full-resolution example could not be downloaded ({type(error).__name__}). Using the small one.",
+        print(f"Using the small example scan: the full-resolution one could not be downloaded ({type(error).__name__}).",
               flush=True)
     return small_example("" if which == "auto" else folder)
 

@@ -74,3 +74,47 @@ def stage_summary(model) -> pd.DataFrame:
     table = pd.DataFrame(rows).T
     table.loc["total"] = [len(model.layers), "", model.count_params()]
     return table
+
+
+def draw_unet(img_size: int, base_filters: int, depth: int = 4, title: str = "U-Net"):
+    """The U shape as a figure: each stage a box (its resolution and filters), down the left, across the
+    bottleneck, up the right; the skip connections as arrows across the U. Drawn from the settings."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch, Rectangle
+
+    figure, axis = plt.subplots(figsize=(9, 4.6))
+
+    def height(level):  # the input at the top, the bottleneck at the bottom
+        return 1.2 * (depth - level)
+
+    def box(x, level, filters, colour):
+        y = height(level)
+        axis.add_patch(Rectangle((x - 0.7, y - 0.34), 1.4, 0.68, facecolor=colour, edgecolor="black"))
+        size = img_size // 2**level
+        axis.text(x, y, f"{size}x{size}\n{filters} filters", ha="center", va="center", fontsize=8)
+        return x, y
+
+    def arrow(start, end, style="-|>", colour="black", label="", shift=(0.0, 0.12)):
+        axis.add_patch(FancyArrowPatch(start, end, arrowstyle=style, mutation_scale=12, color=colour, lw=1.2))
+        if label:
+            axis.text((start[0] + end[0]) / 2 + shift[0], (start[1] + end[1]) / 2 + shift[1], label, ha="center",
+                      va="center", fontsize=7, color=colour)
+
+    down = [box(level * 1.6, level, base_filters * 2**level, "#cfe3f7") for level in range(depth)]
+    bottom = box(depth * 1.6, depth, base_filters * 2**depth, "#f7d9c4")
+    up = [box((2 * depth - level) * 1.6, level, base_filters * 2**level, "#d5efd0") for level in range(depth)]
+    for level in range(depth):
+        after = down[level + 1] if level + 1 < depth else bottom
+        arrow((down[level][0] + 0.3, down[level][1] - 0.32), (after[0] - 0.3, after[1] + 0.32), label="max-pool",
+              shift=(-0.75, -0.1))
+        before = up[level + 1] if level + 1 < depth else bottom
+        arrow((before[0] + 0.3, before[1] + 0.32), (up[level][0] - 0.3, up[level][1] - 0.32),
+              label="transpose\nconv", shift=(0.75, -0.1))
+        arrow((down[level][0] + 0.7, down[level][1]), (up[level][0] - 0.7, up[level][1]), style="-|>",
+              colour="#6a3d9a", label="skip: concatenate")
+    axis.text(down[0][0], height(0) + 0.6, "input: one CT slice", ha="center", fontsize=8)
+    axis.text(up[0][0], height(0) + 0.6, "1x1 conv + sigmoid: lung probability", ha="center", fontsize=8)
+    axis.text(bottom[0], height(depth) - 0.6, "bottleneck", ha="center", fontsize=8)
+    axis.set_xlim(-1, 2 * depth * 1.6 + 1), axis.set_ylim(-0.9, height(0) + 1)
+    axis.set_aspect("equal"), axis.axis("off"), axis.set_title(title + ": each box two 3x3 conv + BN + ReLU", fontsize=10)
+    return figure

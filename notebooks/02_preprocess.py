@@ -26,11 +26,11 @@
 # `lungseg_utils.py`, because the training notebooks and the evaluation use them.
 
 # %%
-# Setup. In Colab: clone the repository and install the 4 packages Colab lacks. Everywhere: say the runtime.
+# Setup. In Colab: clone the repository and install the packages Colab lacks. Everywhere: say the runtime.
 import os, subprocess, sys
 if "google.colab" in sys.modules and not os.path.isdir("/content/lungseg"):
     subprocess.run("git clone -q https://github.com/lungseg/lungseg /content/lungseg && "
-                   "pip install -q pydicom highdicom papermill jupytext", shell=True, check=True)
+                   "pip install -q pydicom highdicom pynrrd papermill jupytext", shell=True, check=True)
 sys.path.insert(0, "/content/lungseg" if "google.colab" in sys.modules else os.path.abspath(".."))
 from lungseg.notebook import show_config, start
 REPO_ROOT = start()
@@ -239,7 +239,8 @@ print("mask values:", np.unique(np.concatenate([arrays[f"y_{s}"].ravel() for s i
 # In standard HU, gas in the stomach and bowel (about -1000, and -950 where it borders the gut wall)
 # is as dark as the darkest lung, and the chest slices here hold almost none of it: a model never
 # told otherwise takes every dark pocket inside the body for lung. So `GAS_POCKETS` of the training
-# slices get one to three pockets of gas pasted into soft tissue away from the lungs, labelled
+# slices get one to three pockets of gas pasted into tissue (above -200 HU: soft tissue, sometimes bone)
+# away from the lungs, labelled
 # "not lung": homogeneous air with noise, with soft edges, and no vessels, which lung always has.
 # Validation and test slices stay as they are. On an upper-abdomen scan with no lung, this cut what
 # the model called lung from 30 to 10 mL ([RESULTS.md](../RESULTS.md)).
@@ -269,15 +270,22 @@ def add_gas_pockets(image01: np.ndarray, mask: np.ndarray, rng: np.random.Genera
 # %%
 rng = np.random.default_rng(SPLIT_SEED)
 given = np.flatnonzero(rng.random(len(arrays["x_train"])) < GAS_POCKETS)
+before = arrays["x_train"][given[:1], ..., 0].copy()  # the first one as it was, to mark its pockets
 for k in given:
     arrays["x_train"][k, ..., 0] = add_gas_pockets(arrays["x_train"][k, ..., 0], arrays["y_train"][k, ..., 0], rng,
                                                    (HU_MIN, HU_MAX), radius_px=(3 * IMG_SIZE / 256, 16 * IMG_SIZE / 256))
 print(f"gas pockets pasted into {len(given)} of {len(arrays['x_train'])} training slices")
 if len(given):
     k = given[0]
-    lu.show_pairs([[arrays["x_train"][k, ..., 0], arrays["y_train"][k, ..., 0]]], ["with gas pockets", "mask (unchanged)"],
-                  title="Gas is not lung", path=output_dir / "figures" / "02_gas_pockets.png",
-                  synthetic=dataset["synthetic"], size=3.2);
+    pockets = np.abs(arrays["x_train"][k, ..., 0] - before[0]) > 0.05  # where the slice changed
+    figure, axes = plt.subplots(1, 3, figsize=(9.6, 3.4))
+    for axis, picture, name in [(axes[0], before[0], "before"), (axes[1], arrays["x_train"][k, ..., 0], "with gas pockets"),
+                                (axes[2], arrays["y_train"][k, ..., 0], "mask (unchanged)")]:
+        axis.imshow(picture, cmap="gray", vmin=0, vmax=1)
+        axis.set_title(name, fontsize=10), axis.set_xticks([]), axis.set_yticks([])
+    axes[1].contour(pockets, [0.5], colors="red", linewidths=1)
+    figure.suptitle("Gas is not lung: the pockets (red) are labelled background" + lu.data_label(dataset["synthetic"]))
+    lu.save_figure(figure, output_dir / "figures" / "02_gas_pockets.png", dataset["synthetic"]);
 
 # %% [markdown]
 # ## Diseased lung is lung

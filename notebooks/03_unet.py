@@ -27,11 +27,11 @@
 # block, another loss. Cells marked `#@save` are also in `lungseg_utils.py` (04 and 05 use them).
 
 # %%
-# Setup. In Colab: clone the repository and install the 4 packages Colab lacks. Everywhere: say the runtime.
+# Setup. In Colab: clone the repository and install the packages Colab lacks. Everywhere: say the runtime.
 import os, subprocess, sys
 if "google.colab" in sys.modules and not os.path.isdir("/content/lungseg"):
     subprocess.run("git clone -q https://github.com/lungseg/lungseg /content/lungseg && "
-                   "pip install -q pydicom highdicom papermill jupytext", shell=True, check=True)
+                   "pip install -q pydicom highdicom pynrrd papermill jupytext", shell=True, check=True)
 sys.path.insert(0, "/content/lungseg" if "google.colab" in sys.modules else os.path.abspath(".."))
 from lungseg.notebook import show_config, start
 REPO_ROOT = start()
@@ -51,7 +51,7 @@ from keras import layers, ops
 import lungseg_utils as lu  # the #@save cells of 01-03
 from lungseg_utils import augment_pair, data_label, save_figure  # used by this notebook's #@save cells
 from lungseg.checks import check_training_settings  # refuses settings that cannot work, before minutes of training
-from lungseg.report import stage_summary  # a model as one row per stage
+from lungseg.report import draw_unet, stage_summary  # the U as a drawing; a model as one row per stage
 from lungseg.runner import ensure_inputs  # runs 01 and 02 first if their outputs are missing
 from lungseg.training import finish_training  # the best epoch's model and its record, once fit has ended
 
@@ -129,6 +129,14 @@ def build_unet(img_size, base_filters, depth=4):
     # float32 output: under mixed precision the probabilities and the loss keep full precision
     outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="lung_probability")(x)
     return keras.Model(inputs, outputs, name="unet")
+
+# %% [markdown]
+# The same network as a drawing, at this notebook's `IMG_SIZE` and `BASE_FILTERS`: the resolution halves
+# on the way down while the filters double, and each skip hands the decoder the encoder's sharp
+# features of its scale, which the bottleneck's coarse view has lost.
+
+# %%
+draw_unet(IMG_SIZE, BASE_FILTERS);
 
 # %% [markdown]
 # ## Mixed precision (optional)
@@ -224,6 +232,14 @@ for label, guess in [("perfect", truth), ("half the lung", truth * (np.arange(8)
                      ("unsure everywhere (0.5)", np.full_like(truth, 0.5))]:
     print(f"{label:24s} Dice {float(dice_coef(truth, guess)[0]):.3f}  IoU {float(iou_coef(truth, guess)[0]):.3f}  "
           f"loss {float(bce_dice_loss(truth, guess)[0]):.3f}")
+
+# %% [markdown]
+# "Half the lung" has the higher Dice and yet the higher loss. BCE charges each pixel -log(the
+# probability it gave the truth): a lung pixel called background with certainty (1e-7 after clipping)
+# costs -log(1e-7) ≈ 16, while 0.5 costs -log(0.5) ≈ 0.69. The 8 lung pixels missed with certainty,
+# out of 64, cost 8 x 16 / 64 ≈ 2.0; the Dice term adds 0.32. The loss prefers honest doubt to a
+# confident mistake, and its gradient pushes hardest where the model is sure and wrong; the metrics,
+# thresholded at 0.5, see only the masks.
 
 # %% [markdown]
 # ## The input pipeline

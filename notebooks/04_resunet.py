@@ -29,11 +29,11 @@
 # that `05_evaluate` compares the blocks and nothing else.
 
 # %%
-# Setup. In Colab: clone the repository and install the 4 packages Colab lacks. Everywhere: say the runtime.
+# Setup. In Colab: clone the repository and install the packages Colab lacks. Everywhere: say the runtime.
 import os, subprocess, sys
 if "google.colab" in sys.modules and not os.path.isdir("/content/lungseg"):
     subprocess.run("git clone -q https://github.com/lungseg/lungseg /content/lungseg && "
-                   "pip install -q pydicom highdicom papermill jupytext", shell=True, check=True)
+                   "pip install -q pydicom highdicom pynrrd papermill jupytext", shell=True, check=True)
 sys.path.insert(0, "/content/lungseg" if "google.colab" in sys.modules else os.path.abspath(".."))
 from lungseg.notebook import show_config, start
 REPO_ROOT = start()

@@ -35,11 +35,11 @@
 # blocky. Both are pinned and checked file by file. **Not for clinical use.**
 
 # %%
-# Setup. In Colab: clone the repository and install the 4 packages Colab lacks. Everywhere: say the runtime.
+# Setup. In Colab: clone the repository and install the packages Colab lacks. Everywhere: say the runtime.
 import os, subprocess, sys
 if "google.colab" in sys.modules and not os.path.isdir("/content/lungseg"):
     subprocess.run("git clone -q https://github.com/lungseg/lungseg /content/lungseg && "
-                   "pip install -q pydicom highdicom papermill jupytext", shell=True, check=True)
+                   "pip install -q pydicom highdicom pynrrd papermill jupytext", shell=True, check=True)
 sys.path.insert(0, "/content/lungseg" if "google.colab" in sys.modules else os.path.abspath(".."))
 from lungseg.notebook import show_config, start
 REPO_ROOT = start()
@@ -83,7 +83,8 @@ models_dir = choose_models_dir(MODELS_DIR, output_dir, ["unet", "resunet"], REPO
 model, record = lu.load_trained_model(models_dir / f"{MODEL}.keras")
 synthetic = record["synthetic"]  # a model that learnt phantoms: every figure says so
 example = get_example(EXAMPLE, EXAMPLE_DIR)  # pinned, checked file by file, downloaded once
-show_config(globals(), models=models_dir, example=example.description,
+print("example:", example.description)
+show_config(globals(), models=models_dir, example=example.name,
             trained_on="SYNTHETIC phantoms, not real CT" if synthetic else "real CT slices")
 
 # %% [markdown]

@@ -180,6 +180,6 @@ def test_05_refuses_to_score_real_ct_models_on_phantoms(tmp_path):
     output = tmp_path / "out"
     run_cells("01_download", {"DATA_SOURCE": "synthetic", "OUTPUT_DIR": str(output), "SYNTHETIC_COUNT": 12})
     run_cells("02_preprocess", {"OUTPUT_DIR": str(output), "IMG_SIZE": 32})
-    with pytest.raises(LungsegError, match="SYNTHETIC phantoms, and unet, resunet in .*models learnt real CT"):
+    with pytest.raises(LungsegError, match="SYNTHETIC phantoms, and unet, resunet in models/ learnt real CT.*Set DATA_DIR"):
         run_cells("05_evaluate", {"OUTPUT_DIR": str(output)})
     assert not (output / "evaluation").exists()

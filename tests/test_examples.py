@@ -97,13 +97,13 @@ def client_stand_in(seg_path, calls):
     return download
 
 
-def test_the_full_one_is_arranged_checked_and_its_reference_read_from_the_seg(tmp_path, seg_of_the_cip_lungs, capsys):
+def test_the_full_one_is_arranged_checked_and_its_reference_read_from_the_seg(tmp_path, seg_of_the_cip_lungs):
     from lungseg.scans import read_scan
 
     small, reference, seg_path, spec = seg_of_the_cip_lungs
     calls = []
     example = examples.full_example(tmp_path / "full", download=client_stand_in(seg_path, calls), spec=spec)
-    assert calls == [[spec["ct"], spec["seg"]]] and "Downloading the full-resolution example" in capsys.readouterr().out
+    assert calls == [[spec["ct"], spec["seg"]]]
     assert len(list(example.series.glob("*.dcm"))) == 79 and example.reference.is_file()
     scan = read_scan(example.series)
     assert np.array_equal(examples.reference_mask(example, scan), reference)  # the SEG's lungs = CIP's mask
@@ -128,7 +128,8 @@ def test_auto_falls_back_to_the_small_one_and_says_why(tmp_path, capsys, monkeyp
     monkeypatch.setattr(examples, "DATA", tmp_path / "data")
     example = examples.get_example("auto", "", download=offline)
     assert example.name == "cip-copdgene-64"
-    assert "could not be downloaded (OSError). Using the small one." in capsys.readouterr().out
+    assert "Using the small example scan: the full-resolution one could not be downloaded (OSError)." in \
+        capsys.readouterr().out
     with pytest.raises(LungsegError, match=r'Could not download the full-resolution example .*EXAMPLE = "small"'):
         examples.get_example("full", tmp_path / "full", download=offline)
     with pytest.raises(LungsegError, match=r'EXAMPLE=\'big\': use "auto", "full"'):
