@@ -118,11 +118,18 @@ def run_seed(seed: int, parameters: dict, output_dir: str, publish: bool) -> dic
             "seconds_per_epoch": record["seconds_per_epoch"], "training_seconds": record["training_seconds"],
             **time_inference(out, name),
         }
-    return {"seed": seed, "pipeline_seconds": pipeline_seconds, "models": per_model,
+    return {"seed": seed, "pipeline_seconds": pipeline_seconds, "notebooks": [path.stem for path in executed],
+            "models": per_model,
             "paired_dice_unet_minus_resunet": evaluation["paired_dice"], "test_slices": evaluation["test_slices"],
             "device": record["device"], "settings": {k: record.get(k) for k in (
                 "img_size", "hu_min", "hu_max", "epochs", "batch_size", "learning_rate", "base_filters",
                 "augmentation", "split", "split_seed", "split_method")}, "versions": record["versions"]}
+
+
+def pipeline_span(benchmark: dict) -> str:
+    """'01–06': the notebooks a run executed (runs recorded before 06 existed ran 01–05)."""
+    names = benchmark["runs"][0].get("notebooks") or ["01", "05"]
+    return f"{names[0][:2]}–{names[-1][:2]}"
 
 
 def print_table(benchmark: dict) -> None:
@@ -135,7 +142,8 @@ def print_table(benchmark: dict) -> None:
                          "train s": values["training_seconds"], "slices/s b1": values["slices_per_s_batch1"],
                          "slices/s batch": values["slices_per_s_batched"]})
     print(pd.DataFrame(rows).round(4).to_string(index=False))
-    print(f"device: {benchmark['device']}; pipeline 01-06: {benchmark['summary']['pipeline_seconds_mean']:.0f} s per seed; "
+    print(f"device: {benchmark['device']}; pipeline {pipeline_span(benchmark)}: "
+          f"{benchmark['summary']['pipeline_seconds_mean']:.0f} s per seed; "
           f"peak RSS of the notebook kernels: {benchmark['peak_rss_mb']:.0f} MB")
 
 

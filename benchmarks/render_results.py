@@ -79,7 +79,8 @@ def main_table(benchmark: dict) -> list[str]:
         paired = run["paired_dice_unet_minus_resunet"]
         lines.append(f"Seed {run['seed']}: paired difference {paired['mean_difference']:+.4f} "
                      f"(95% CI {paired['ci95_low']:+.4f}..{paired['ci95_high']:+.4f}, Wilcoxon p={paired['wilcoxon_p']:.2g}).")
-    lines += ["", f"Whole pipeline 01–06: {summary['pipeline_seconds_mean']:.0f} s per seed; peak memory of a "
+    names = benchmark["runs"][0].get("notebooks") or ["01", "05"]  # recorded before 06 existed: 01–05
+    lines += ["", f"Whole pipeline {names[0][:2]}–{names[-1][:2]}: {summary['pipeline_seconds_mean']:.0f} s per seed; peak memory of a "
               f"notebook kernel {benchmark['peak_rss_mb']:.0f} MB. Reproduce: `{_portable(benchmark['command'])}`.", ""]
     return lines
 
