@@ -29,8 +29,8 @@
 # Setup. In Colab: clone the repository and install the packages Colab lacks. Everywhere: say the runtime.
 import os, subprocess, sys
 if "google.colab" in sys.modules and not os.path.isdir("/content/lungseg"):
-    subprocess.run("git clone -q https://github.com/lungseg/lungseg /content/lungseg && "
-                   "pip install -q pydicom highdicom pynrrd papermill jupytext", shell=True, check=True)
+    subprocess.run(f"git clone -q https://github.com/lungseg/lungseg /content/lungseg && {sys.executable} -m pip "
+                   "install -q pydicom highdicom pynrrd papermill jupytext", shell=True, check=True)
 sys.path.insert(0, "/content/lungseg" if "google.colab" in sys.modules else os.path.abspath(".."))
 from lungseg.notebook import show_config, start
 REPO_ROOT = start()
