@@ -279,6 +279,23 @@ def test_a_notebook_alone_without_data_says_it_uses_synthetic_phantoms(tmp_path,
     assert json.loads((tmp_path / "out" / "data" / "dataset.json").read_text())["synthetic"] is True
 
 
+def test_a_notebook_given_another_data_dir_runs_01_again_with_it(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "out" / "data"
+    data.mkdir(parents=True)
+    (data / "dataset.json").write_text(json.dumps({"root": str((tmp_path / "old").resolve()), "synthetic": False}))
+    (data / "pairs.csv").write_text("name\n")
+    calls = []
+    monkeypatch.setattr(runner, "run_pipeline", lambda parameters, output_dir, only=None, log=None:
+                        calls.append((parameters, only)))
+    monkeypatch.delenv("LUNGSEG_DATA_DIR", raising=False)
+    runner.ensure_inputs("02", str(tmp_path / "out"), data_dir=str(tmp_path / "old"))  # 01 read this folder
+    assert calls == []
+    runner.ensure_inputs("02", str(tmp_path / "out"), data_dir=str(tmp_path / "new"))
+    assert calls == [({"DATA_DIR": str((tmp_path / "new").resolve())}, ["01"])]
+    said = capsys.readouterr().out
+    assert "running 01_download first" in said and "DATA_DIR=new" in said
+
+
 @pytest.mark.parametrize("notebook", sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.stem)
 def test_published_notebooks_come_from_one_clean_run(notebook):
     """What a reader sees on GitHub or in Colab: cells run once each, in order, with no object reprs,
