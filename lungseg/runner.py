@@ -222,15 +222,12 @@ def ensure_inputs(notebook: str, output_dir: str = "outputs", img_size: int | No
     so that every notebook also runs alone (in Colab, each on a fresh machine).
 
     02 needs 01's pairs; 03 and 04 need 02's arrays at ``img_size``; 05 needs 01's pairs and 02's split.
-    ``data_dir`` (the notebook's ``DATA_DIR``; empty: ``$LUNGSEG_DATA_DIR``) goes to 01; where 01 last read
-    another folder, it runs again."""
-    import os
-
+    ``data_dir`` (the notebook's ``DATA_DIR``) goes to 01 (empty: 01 decides, ``$LUNGSEG_DATA_DIR`` first); where
+    01 last read another folder than the one given, it runs again."""
     data = REPO_ROOT / output_dir / "data"
     made_by_01 = ("dataset.json", "pairs.csv") + (("label_audit.csv",) if notebook == "05" else ())  # 05 reads the audit
     needed = [] if all((data / name).is_file() for name in made_by_01) else ["01"]
-    named = data_dir or os.environ.get("LUNGSEG_DATA_DIR", "")
-    folder = Path(named).expanduser().resolve() if named else None  # relative: from notebooks/, as 01 takes it
+    folder = Path(data_dir).expanduser().resolve() if data_dir else None  # relative: from notebooks/, as 01 takes it
     if folder and not needed and Path(json.loads((data / "dataset.json").read_text())["root"]) != folder:
         needed = ["01"]  # 01 read another folder: its pairs are not this data's
     if notebook in ("03", "04"):

@@ -282,8 +282,9 @@ measured = predict_scans(model, record, Path(SCAN).expanduser() if SCAN else exa
 measured.drop(columns=["mask", "dicom_seg", "preview", "input"], errors="ignore").round(2).T
 
 # %%
-figure, axis = plt.subplots(figsize=(14, 3))
-axis.imshow(plt.imread(measured.preview.iloc[0])), axis.axis("off");
+for preview in measured.get("preview", []):  # one per scan segmented
+    figure, axis = plt.subplots(figsize=(14, 3))
+    axis.imshow(plt.imread(preview)), axis.axis("off")
 
 # %% [markdown]
 # ## What you learned

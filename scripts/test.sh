@@ -22,4 +22,6 @@ elif [ "${CI:-}" = "true" ]; then
 else
   echo "No real data found: real-data tests and nbval are skipped (set LUNGSEG_DATA_DIR to run them)."
 fi
+# The prepared notebooks lie in outputs/nbval/notebooks: their kernels find lungseg/ through PYTHONPATH.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 exec .venv/bin/python -m pytest tests "${notebooks[@]}" -p no:cacheprovider "$@"

@@ -157,7 +157,9 @@ def test_bad_training_settings_name_the_parameter(name, value, settings):
 
 def test_batch_too_large_for_cpu_memory(monkeypatch):
     monkeypatch.setattr(checks, "available_memory_gb", lambda: 4.0)
-    monkeypatch.setattr(checks.tf.config, "list_physical_devices", lambda kind=None: [])
+    import tensorflow as tf
+
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
     with pytest.raises(LungsegError, match=r"BATCH_SIZE=512 .* needs about \d+\.\d GB .* only 4.0 GB"):
         check_training_settings(5, 512, 512, 32)
     check_training_settings(5, 8, 256, 16)  # the defaults fit easily
