@@ -1,5 +1,6 @@
 """DICOM plumbing: whether a compressed file can be decoded here (and which package would), and
-writing CT slices in HU as a DICOM series with pydicom (the tests' series: rescale slope/intercept, shuffled file names, a localizer, uneven spacing)."""
+writing CT slices in HU as a DICOM series with pydicom (the tests' series: rescale slope/intercept, shuffled
+file names, a localizer, uneven spacing), and a mask as a DICOM Segmentation (highdicom)."""
 
 from __future__ import annotations
 

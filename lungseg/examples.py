@@ -170,13 +170,10 @@ def full_example(folder: str | Path = "", download=download_with_idc_index, spec
                                "kept. Run the cell again, or set EXAMPLE = \"small\".")
         files = sorted(p for p in arranged.rglob("*") if p.is_file())
         (arranged / "SHA256SUMS").write_text("".join(f"{_sha256(p)}  {p.relative_to(arranged).as_posix()}\n" for p in files))
-        arranged.replace(folder) if not folder.exists() else _move_into(arranged, folder)
+        if folder.exists():
+            folder.rmdir()  # empty (a folder with files was refused above)
+        arranged.replace(folder)
     return Example(FULL["patient"], folder / "ct", folder / "lungs_seg.dcm", FULL_DESCRIPTION)
-
-
-def _move_into(source: Path, folder: Path) -> None:
-    for path in source.iterdir():
-        path.replace(folder / path.name)
 
 
 def get_example(which: str = "auto", folder: str | Path = "", download=None) -> Example:

@@ -102,6 +102,7 @@ def test_the_full_one_is_arranged_checked_and_its_reference_read_from_the_seg(tm
 
     small, reference, seg_path, spec = seg_of_the_cip_lungs
     calls = []
+    (tmp_path / "full").mkdir()  # an empty folder given as EXAMPLE_DIR is used
     example = examples.full_example(tmp_path / "full", download=client_stand_in(seg_path, calls), spec=spec)
     assert calls == [[spec["ct"], spec["seg"]]]
     assert len(list(example.series.glob("*.dcm"))) == 79 and example.reference.is_file()
