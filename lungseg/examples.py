@@ -201,7 +201,7 @@ def get_example(which: str = "auto", folder: str | Path = "", download=None) -> 
 # ----------------------------------------------------------------------------- the reference, on the scan's grid
 def reference_mask(example: Example, scan) -> np.ndarray:
     """The example's reference lungs as a bool mask[slice, row, column] on ``scan`` (read from ``example.series``)."""
-    from lungseg.scans import _to_model_axes
+    from lungseg.scans import to_model_axes
 
     if example.reference.suffix == ".nrrd":  # CIP: array axes x, y, z on the series' own grid
         import nrrd
@@ -220,7 +220,7 @@ def reference_mask(example: Example, scan) -> np.ndarray:
         frames = seg.get_pixels_by_source_instance(uids, segment_numbers=lungs, combine_segments=True,
                                                    skip_overlap_checks=True, assert_missing_frames_are_empty=True,
                                                    ignore_spatial_locations=True) > 0
-    mask = _to_model_axes(np.asarray(frames).transpose(1, 2, 0).transpose(1, 0, 2), scan.affine)[0]
+    mask = to_model_axes(np.asarray(frames).transpose(1, 2, 0).transpose(1, 0, 2), scan.affine)[0]
     if mask.shape != scan.hu.shape:
         raise LungsegError(f"{example.reference}: a mask of {mask.shape} for a scan of {scan.hu.shape}.")
     return mask.astype(bool)

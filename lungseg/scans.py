@@ -59,7 +59,7 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MODEL_AXES = ("L", "P", "S")  # nibabel axis codes of (column, row, slice) as the model was trained
 
 
-def _to_model_axes(data: np.ndarray, affine: np.ndarray):
+def to_model_axes(data: np.ndarray, affine: np.ndarray):
     """Reorient a volume (array axes as its affine says) to hu[slice, row, column] in MODEL_AXES."""
     import nibabel as nib
 
@@ -109,7 +109,7 @@ def read_nifti(path) -> Scan:
     if voxel_mm3 < 1e-6:
         raise LungsegError(f"{path}: its affine (voxel to world) is {'singular' if np.all(np.isfinite(axes)) else 'not finite'}"
                            ", so its voxels have no size or place. Re-export it with its geometry (e.g. dcm2niix).")
-    hu, zooms, orientation = _to_model_axes(data, affine)
+    hu, zooms, orientation = to_model_axes(data, affine)
     name = path.name[: -len(next(s for s in NIFTI_SUFFIXES if path.name.lower().endswith(s)))]
     if not int(image.header["qform_code"]) and not int(image.header["sform_code"]):
         notes.append(f"{path}: no qform or sform code, so its orientation is not known: right and left (labels 1 "
@@ -198,7 +198,7 @@ def read_dicom_series(files, name: str, pixel_spacing_mm: float | None = None) -
     lps = np.eye(4)
     lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row_direction * spacing[1], column_direction * spacing[0], step, origins[0]
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM's patient axes are LPS, NIfTI's RAS
-    hu, zooms, orientation = _to_model_axes(np.stack(slices, axis=-1).transpose(1, 0, 2), affine)
+    hu, zooms, orientation = to_model_axes(np.stack(slices, axis=-1).transpose(1, 0, 2), affine)
     thickness = np.full(hu.shape[0], zooms[2])
     if orientation[2, 0] == 2:  # axial slices: each keeps its real spacing (half the gaps to its neighbours)
         neighbours = np.concatenate([[gaps[0]], (gaps[:-1] + gaps[1:]) / 2, [gaps[-1]]])

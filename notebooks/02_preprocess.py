@@ -31,7 +31,7 @@ import os, subprocess, sys
 if "google.colab" in sys.modules and not os.path.isdir("/content/lungseg"):
     subprocess.run(f"git clone -q https://github.com/lungseg/lungseg /content/lungseg && {sys.executable} -m pip "
                    "install -q pydicom highdicom pynrrd papermill jupytext", shell=True, check=True)
-sys.path.insert(0, "/content/lungseg" if "google.colab" in sys.modules else os.path.abspath(".."))
+sys.path[:0] = ["/content/lungseg", os.path.abspath(".."), os.path.abspath("../..")]  # Colab; notebooks/; outputs/notebooks/
 from lungseg.notebook import show_config, start
 REPO_ROOT = start()
 
@@ -239,8 +239,8 @@ print("mask values:", np.unique(np.concatenate([arrays[f"y_{s}"].ravel() for s i
 # In standard HU, gas in the stomach and bowel (about -1000, and -950 where it borders the gut wall)
 # is as dark as the darkest lung, and the chest slices here hold almost none of it: a model never
 # told otherwise takes every dark pocket inside the body for lung. So `GAS_POCKETS` of the training
-# slices get one to three pockets of gas pasted into tissue (above -200 HU: soft tissue, sometimes bone)
-# away from the lungs, labelled
+# slices get one to three pockets of gas pasted into soft tissue (-200..+150 HU: fat, muscle and organs;
+# never bone, which is denser) away from the lungs, labelled
 # "not lung": homogeneous air with noise, with soft edges, and no vessels, which lung always has.
 # Validation and test slices stay as they are. On an upper-abdomen scan with no lung, this cut what
 # the model called lung from 30 to 10 mL ([RESULTS.md](../RESULTS.md)).
@@ -250,14 +250,20 @@ def add_gas_pockets(image01: np.ndarray, mask: np.ndarray, rng: np.random.Genera
                     count=(1, 3), radius_px=(3, 16)) -> np.ndarray:
     """A windowed slice with 1-3 elliptic pockets of gas (-1000..-900 HU, noise of 20 HU, edges blurred
     by one pixel; radii in ``radius_px``, for a 256-pixel slice) pasted where the slice is soft tissue
-    (above -200 HU) at least 4 pixels from the lung."""
+    (-200..+150 HU, so never bone) at least 4 pixels from the lung. A pocket with no room shrinks."""
     width = float(hu_window[1] - hu_window[0])
     image = image01.astype(np.float32).copy()
-    tissue = (image > (-200 - hu_window[0]) / width) & ~ndimage.binary_dilation(mask.astype(bool), iterations=4)
+    hu = image * width + hu_window[0]
+    soft = ndimage.binary_erosion((hu > -200) & (hu < 150), iterations=2)  # 2 pixels inside: blurred edges stay in it
+    tissue = soft & ~ndimage.binary_dilation(mask.astype(bool), iterations=4)
     yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
     for _ in range(int(rng.integers(count[0], count[1] + 1))):
         ry, rx = rng.uniform(*radius_px, size=2)
-        room = ndimage.binary_erosion(tissue, np.ones((2 * int(ry) + 1, 2 * int(rx) + 1)))
+        for _smaller in range(6):  # where the whole pocket fits in soft tissue; if nowhere, a smaller one
+            room = ndimage.binary_erosion(tissue, np.ones((2 * int(ry) + 1, 2 * int(rx) + 1)))
+            if room.any():
+                break
+            ry, rx = max(0.7 * ry, radius_px[0]), max(0.7 * rx, radius_px[0])
         if not room.any():
             break
         cy, cx = np.argwhere(room)[rng.integers(np.count_nonzero(room))]

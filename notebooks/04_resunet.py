@@ -34,7 +34,7 @@ import os, subprocess, sys
 if "google.colab" in sys.modules and not os.path.isdir("/content/lungseg"):
     subprocess.run(f"git clone -q https://github.com/lungseg/lungseg /content/lungseg && {sys.executable} -m pip "
                    "install -q pydicom highdicom pynrrd papermill jupytext", shell=True, check=True)
-sys.path.insert(0, "/content/lungseg" if "google.colab" in sys.modules else os.path.abspath(".."))
+sys.path[:0] = ["/content/lungseg", os.path.abspath(".."), os.path.abspath("../..")]  # Colab; notebooks/; outputs/notebooks/
 from lungseg.notebook import show_config, start
 REPO_ROOT = start()
 

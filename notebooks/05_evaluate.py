@@ -31,7 +31,7 @@ import os, subprocess, sys
 if "google.colab" in sys.modules and not os.path.isdir("/content/lungseg"):
     subprocess.run(f"git clone -q https://github.com/lungseg/lungseg /content/lungseg && {sys.executable} -m pip "
                    "install -q pydicom highdicom pynrrd papermill jupytext", shell=True, check=True)
-sys.path.insert(0, "/content/lungseg" if "google.colab" in sys.modules else os.path.abspath(".."))
+sys.path[:0] = ["/content/lungseg", os.path.abspath(".."), os.path.abspath("../..")]  # Colab; notebooks/; outputs/notebooks/
 from lungseg.notebook import show_config, start
 REPO_ROOT = start()
 
@@ -328,7 +328,6 @@ comparison.map(lambda value: f"{value:,}" if isinstance(value, numbers.Integral)
 dice = per_slice[(per_slice.resolution == "native") & ~per_slice.postprocessed].pivot(index="name", columns="model",
                                                                                         values="dice")
 paired = paired_comparison(dice[MODELS[0]], dice[MODELS[-1]], seed=SEED) if len(MODELS) == 2 else {}
-winner = max(MODELS, key=lambda name: native.dice_mean[name])
 pd.Series(paired, name=f"{MODELS[0]} minus {MODELS[-1]}, per-slice Dice").to_frame()
 
 # %%
@@ -391,7 +390,7 @@ write_json(evaluation_dir / "evaluation.json", {
     "data": dataset["source"] + lu.data_label(synthetic), "synthetic": synthetic, "models_dir": str(models_dir),
     "test_slices": len(names), "test_names": names, "threshold": THRESHOLD, "comparison": comparison.to_dict(),
     "flagged_labels": flagged, "dice_by_labels": by_labels.to_dict(orient="index"),
-    "paired_dice": paired, "winner_by_mean_dice": winner, "difference_significant": significant,
+    "paired_dice": paired, "difference_significant": significant,
     "reference_style_test_metrics": reference_style.to_dict(orient="index"), "summary": summary.to_dict(orient="records")})
 print("wrote", *sorted(p.name for p in evaluation_dir.iterdir()))
 

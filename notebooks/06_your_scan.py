@@ -40,7 +40,7 @@ import os, subprocess, sys
 if "google.colab" in sys.modules and not os.path.isdir("/content/lungseg"):
     subprocess.run(f"git clone -q https://github.com/lungseg/lungseg /content/lungseg && {sys.executable} -m pip "
                    "install -q pydicom highdicom pynrrd papermill jupytext", shell=True, check=True)
-sys.path.insert(0, "/content/lungseg" if "google.colab" in sys.modules else os.path.abspath(".."))
+sys.path[:0] = ["/content/lungseg", os.path.abspath(".."), os.path.abspath("../..")]  # Colab; notebooks/; outputs/notebooks/
 from lungseg.notebook import show_config, start
 REPO_ROOT = start()
 
@@ -216,7 +216,7 @@ lu.save_figure(figure, synthetic=synthetic);
 
 # %%
 voxel_mm = (slice_mm, row_mm, column_mm)
-zz, yy, xx = np.indices(ours.shape)
+zz, yy, xx = np.ogrid[: ours.shape[0], : ours.shape[1], : ours.shape[2]]  # coordinates that broadcast
 def ball(centre, diameter_mm=30.0):
     return sum(((axis - c) * mm) ** 2 for axis, c, mm in zip((zz, yy, xx), centre, voxel_mm)) <= (diameter_mm / 2) ** 2
 depth = ndimage.distance_transform_edt(ours, sampling=voxel_mm)  # mm from the lung's edge

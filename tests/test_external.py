@@ -10,6 +10,7 @@ import subprocess
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 import tensorflow as tf
 
 import lungseg_utils as lu
@@ -112,6 +113,18 @@ def test_gas_pockets_go_into_soft_tissue_away_from_the_lungs_and_leave_the_mask(
     assert np.median(with_gas[changed]) * 1400 - 1000 < -850  # gas
     assert np.median(image[changed]) * 1400 - 1000 > -300  # where there was tissue
     np.testing.assert_array_equal(add_gas_pockets(image, mask, np.random.default_rng(0), count=(3, 3)), with_gas)
+
+
+def test_gas_pockets_never_go_into_bone(real_data, real_names):
+    rng, pockets = np.random.default_rng(1), 0
+    for name in real_names[:12]:
+        image = lu.preprocess_slice(lu.read_slice(real_data / "2d_images" / name), 256, -1000, 400)
+        mask = lu.resize_mask(lu.read_mask(real_data / "2d_masks" / name), 256)
+        changed = np.abs(add_gas_pockets(image, mask, rng) - image) > 0.05
+        bone = ndimage.binary_dilation(image * 1400 - 1000 > 300)  # bone, and the blur of its edge
+        assert not (changed & bone).any(), name
+        pockets += ndimage.label(changed)[1]
+    assert pockets >= 12  # every slice got at least one: a pocket with no room shrinks rather than vanishes
 
 
 @pytest.mark.parametrize("key, value", [("hu_scale", 1.5), ("blur_sigma", 2.0), ("noise_hu", -1.0), ("hu_shift", "50"),
