@@ -29,12 +29,12 @@
 # that `05_evaluate` compares the blocks and nothing else.
 
 # %%
-# Setup. In Colab: clone the repository and install the packages Colab lacks. Everywhere: say the runtime.
+# Setup. In Colab: clone the repository and install the packages Colab lacks. Everywhere: find lungseg/, say the runtime.
 import os, subprocess, sys
 if "google.colab" in sys.modules and not os.path.isdir("/content/lungseg"):
     subprocess.run(f"git clone -q https://github.com/lungseg/lungseg /content/lungseg && {sys.executable} -m pip "
                    "install -q pydicom highdicom pynrrd papermill jupytext", shell=True, check=True)
-sys.path[:0] = ["/content/lungseg", os.path.abspath(".."), os.path.abspath("../..")]  # Colab; notebooks/; outputs/notebooks/
+sys.path[:0] = ["/content/lungseg"] if "google.colab" in sys.modules else [os.path.abspath(".."), os.path.abspath("../..")]
 from lungseg.notebook import show_config, start
 REPO_ROOT = start()
 
