@@ -564,7 +564,7 @@ def implausible_lungs(scan: Scan, labels: np.ndarray, volume_ml: float) -> str |
         why = f"{volume_ml:,.0f} mL of lung, more than any human lung holds (up to about {MAX_LUNG_ML / 1000:.0f} L)"
     elif max(extent) > MAX_LUNG_EXTENT_MM:
         why = f"lungs {max(extent):,.0f} mm long, where no lung reaches {MAX_LUNG_EXTENT_MM:.0f} mm"
-    elif whole and volume_ml < MIN_WHOLE_LUNGS_ML:
+    elif whole and NO_LUNG_ML <= volume_ml < MIN_WHOLE_LUNGS_ML:  # below NO_LUNG_ML: stray voxels, "no lungs found"
         why = (f"whole lungs (lung-free slices above and below) of {volume_ml:,.1f} mL, less than a newborn's "
                f"(about {MIN_WHOLE_LUNGS_ML:.0f} mL)")
     else:

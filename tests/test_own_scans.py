@@ -375,6 +375,23 @@ def test_volumes_that_cannot_be_a_human_lung_are_flagged_not_reported(committed,
     assert saved.lung_volume_ml.isna().tolist() == [False, True, True, True]
 
 
+def test_a_few_stray_millilitres_are_no_lungs_not_a_wrong_voxel_size():
+    """A scan with no lung (an abdomen) where the model calls a few mL lung: "no lungs found", not "check the
+    voxel size", though the stray voxels lie whole in the scan; from 20 mL up, whole lungs under a newborn's
+    150 mL mean the voxel size is wrong."""
+    if not CIP.is_dir():
+        pytest.skip("../shared/data/external-ct is not beside the repository")
+    scan = scans.find_scans(CIP)[0][1]()
+    voxel_ml = float(np.mean(scan.slice_thickness_mm)) * np.prod(scan.pixel_spacing_mm) / 1000
+    for millilitres, expected in ((6, "no lungs found"), (60, scans.IMPLAUSIBLE)):
+        labels = np.zeros(scan.hu.shape, np.uint8)
+        blob = np.zeros(10 * 32 * 32, np.uint8)
+        blob[: round(millilitres / voxel_ml)] = 1
+        labels[35:45, 16:48, 16:48] = blob.reshape(10, 32, 32)  # lung-free slices above and below it
+        row = scans.scan_measurements(scan, labels)
+        assert row["note"].startswith(expected), (millilitres, row["note"])
+
+
 def test_predict_sh_exits_non_zero_when_a_scan_is_flagged(cip_chest, tmp_path):
     import subprocess
 
