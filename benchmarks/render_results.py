@@ -540,7 +540,8 @@ def summary_table() -> str:
         lines.append(f"| {NAMES[model]} | {v['dice_mean']:.4f} | {chest[model]['dice']:.3f} | "
                      f"{chest[model]['laa950_percent']:.1f} | {bases[model]['dice']:.3f} | "
                      f"{abdomen[model]['lung_ml']:.1f} | {100 * share:.0f}% ({kind.replace('_', ' ')}) |")
-    return "\n".join(lines + ["", f"CPU, {cv['date']}, {external['date']} and {pathology['date']}, at the defaults; "
+    dates = sorted({cv["date"], external["date"], pathology["date"]})
+    return "\n".join(lines + ["", f"CPU, {', '.join(dates)}, at the defaults; "
                                f"`{_portable(cv['command'])}`, `{external['command']}` and `{pathology['command']}`. "
                                "Details, every comparison and the timings: [RESULTS.md](RESULTS.md)."])
 
