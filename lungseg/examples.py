@@ -1,16 +1,18 @@
 """06's example scans: whole chest CTs with a reference lung mask, wherever the notebook runs.
 
+- ``"small"``: the Chest Imaging Platform's test case (a COPD chest downsampled 8x by its authors: 64x64
+  pixels of 4.17 mm, 79 slices 4 mm apart, 1 MB, BSD-style licence) and CIP's lung mask. It **ships with
+  the repository** (``examples/cip-copdgene-64``, with its source, licence and SHA-256 sums), so 06 runs to
+  its end without a network; each file is checked against the sums before use. Given an ``EXAMPLE_DIR``,
+  the same files are downloaded into it from the pinned commit of github.com/acil-bwh/ChestImagingPlatform.
 - ``"full"``: NSCLC-Radiomics patient LUNG1-001 from NCI's Imaging Data Commons (IDC), at full resolution:
   134 slices of 512x512, 3 mm apart, with the radiotherapy team's lung contours as a DICOM Segmentation
   (88 MB, CC BY-NC 3.0). Fetched with IDC's own client, ``idc-index``, by the series' UIDs. IDC gives a
   series a new UUID whenever its files change; the UUIDs below pin this version. This machine cannot reach
   IDC, so the files' SHA-256 sums are written at the first download and checked at every later use.
-- ``"small"``: the Chest Imaging Platform's test case (a COPD chest downsampled 8x by its authors: 64x64
-  pixels of 4.17 mm, 79 slices 4 mm apart, 1 MB, BSD-style licence) and CIP's lung mask, from a pinned
-  commit of github.com/acil-bwh/ChestImagingPlatform, each file checked against a SHA-256 pinned here.
+- ``"auto"``: the full one where it can be had, else the shipped small one, said in one line.
 
-A copy already in place (``../shared`` beside the repository, an earlier download) is used as it is, and
-nothing already there is replaced.
+Nothing already in a folder is replaced.
 """
 
 from __future__ import annotations
@@ -44,14 +46,14 @@ class Example:
 # ----------------------------------------------------------------------------- the small one (CIP)
 CIP_COMMIT = "c73ca30a5f6d4e22ee2b812c7d38622190b03a0a"
 CIP_URL = f"https://raw.githubusercontent.com/acil-bwh/ChestImagingPlatform/{CIP_COMMIT}/Testing/Data/Input/"
-CIP_SHARED = REPO_ROOT.parent / "shared" / "data" / "external-ct" / "cip-copdgene-64"  # beside the repository
+SHIPPED = REPO_ROOT / "examples" / "cip-copdgene-64"  # in the repository: no download needed
 CIP_DESCRIPTION = ("a COPD patient's whole chest (Chest Imaging Platform), downsampled 8x by its authors: 64x64 "
                    "pixels of 4.17 mm, 79 slices 4 mm apart; reference: CIP's automatic lung mask")
 
 
 def cip_checksums() -> dict:
-    """{relative path: SHA-256} of the files the small example needs, pinned."""
-    lines = (Path(__file__).parent / "cip_example.sha256").read_text().splitlines()
+    """{relative path: SHA-256} of the files the small example needs, pinned beside the shipped copy."""
+    lines = (SHIPPED / "SHA256SUMS").read_text().splitlines()
     return {name: digest for digest, name in (line.split() for line in lines if line.strip())}
 
 
@@ -72,10 +74,16 @@ def _refuse_other_files(folder: Path, checksums: dict, parameter: str) -> None:
 
 
 def small_example(folder: str | Path = "", base_url: str = CIP_URL) -> Example:
-    """The CIP chest CT: ``folder`` if given (downloaded into it when empty), else the copy beside the
-    repository, else ``data/cip-copdgene-64`` (downloaded once)."""
+    """The CIP chest CT: the copy that ships with the repository, or, given ``folder``, the one in it
+    (downloaded into it when it is empty)."""
     wanted = cip_checksums()
-    folder = Path(folder).expanduser() if folder else CIP_SHARED if _complete(CIP_SHARED, wanted) else DATA / "cip-copdgene-64"
+    if not folder:
+        if _complete(SHIPPED, wanted):
+            return Example("cip-copdgene-64", SHIPPED / "ct-64Dicom", SHIPPED / "wholeLung-64.nrrd", CIP_DESCRIPTION)
+        shipped = SHIPPED.relative_to(REPO_ROOT).as_posix()
+        print(f"The example scan in {shipped}/ is incomplete or changed (git checkout -- {shipped} restores it); "
+              f"fetching it into data/ instead.", flush=True)
+    folder = Path(folder).expanduser() if folder else DATA / "cip-copdgene-64"
     _refuse_other_files(folder, wanted, "EXAMPLE_DIR")
     missing = [name for name in wanted if not (folder / name).is_file()]
     if missing:
@@ -97,9 +105,9 @@ def _fetch(url: str, target: Path, digest: str, folder: Path) -> None:
         with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as out:
             shutil.copyfileobj(response, out)
     except (urllib.error.URLError, OSError) as error:
-        raise LungsegError(f"Could not download {url} ({error}). Without a network there is no example scan: "
-                           "set SCAN to a CT of your own (a DICOM series folder or a NIfTI file), or copy the files "
-                           f"of {CIP_URL}ct-64Dicom/ and wholeLung-64.nrrd into {folder}.") from None
+        raise LungsegError(f"Could not download {url} ({error}). Leave EXAMPLE_DIR empty to use the copy that "
+                           f"ships with lungseg ({SHIPPED.relative_to(REPO_ROOT).as_posix()}), or copy its files "
+                           f"into {folder}.") from None
     if _sha256(target) != digest:
         raise LungsegError(f"{url}: the download's SHA-256 is not the pinned one (a damaged or changed file); "
                            "nothing was kept. Run the cell again; if it persists, set SCAN to your own CT.")
@@ -176,26 +184,38 @@ def full_example(folder: str | Path = "", download=download_with_idc_index, spec
     return Example(FULL["patient"], folder / "ct", folder / "lungs_seg.dcm", FULL_DESCRIPTION)
 
 
+def _idc_client_at_hand() -> bool:
+    """idc-index is installed, or can be (in Colab, download_with_idc_index installs it)."""
+    import importlib.util
+
+    return "google.colab" in sys.modules or importlib.util.find_spec("idc_index") is not None
+
+
 def get_example(which: str = "auto", folder: str | Path = "", download=None) -> Example:
-    """``"full"``, ``"small"``, or ``"auto"``: the full-resolution scan where it can be had, else the small one,
-    said in one line. ``download``: the full one's fetcher (default: IDC's client)."""
+    """``"full"``, ``"small"``, or ``"auto"``: the full-resolution scan where it can be had, else the small one
+    that ships with the repository, said in one line. ``download``: the full one's fetcher (default: IDC's
+    client)."""
     if which not in ("auto", "full", "small"):
         raise LungsegError(f'EXAMPLE={which!r}: use "auto", "full" (512x512, 88 MB, from IDC) or "small" (64x64, 1 MB).')
     if which == "small":
         return small_example(folder)
+    if which == "auto" and download is None and not _idc_client_at_hand():
+        print("Example: the small scan that ships with lungseg (the full-resolution one needs idc-index: "
+              "pip install idc-index).", flush=True)
+        return small_example()
     try:
         return full_example(folder, download or download_with_idc_index)
     except LungsegError as error:
         if which == "full":
             raise
-        print(f"Using the small example scan. {error}", flush=True)
+        reason = str(error)
     except Exception as error:  # no network, IDC unreachable: the client raises many kinds
         if which == "full":
             raise LungsegError(f"Could not download the full-resolution example ({type(error).__name__}: {error}). "
                                "Check the network, or set EXAMPLE = \"small\".") from None
-        print(f"Using the small example scan: the full-resolution one could not be downloaded ({type(error).__name__}).",
-              flush=True)
-    return small_example("" if which == "auto" else folder)
+        reason = f"the full-resolution one could not be downloaded ({type(error).__name__})."
+    print(f"Example: the small scan that ships with lungseg; {reason[0].lower()}{reason[1:]}", flush=True)
+    return small_example()
 
 
 # ----------------------------------------------------------------------------- the reference, on the scan's grid

@@ -27,12 +27,13 @@
 # - see why a lung mask is anatomy and not darkness;
 # - segment your own scan.
 #
-# The example is a real whole chest CT with a reference lung mask. Where there is a network it comes at
-# full resolution from NCI's Imaging Data Commons: a lung cancer patient of NSCLC-Radiomics (LUNG1-001,
-# 134 slices of 512x512, 88 MB, CC BY-NC 3.0) with the radiotherapy team's lung contours. Without one
-# (as on the machine that made this notebook's outputs), a small one: a COPD patient's chest from the
-# Chest Imaging Platform, which its authors shrank 8x (64x64 pixels of 4.17 mm, 1 MB), so it looks
-# blocky. Both are pinned and checked file by file. **Not for clinical use.**
+# The example is a real whole chest CT with a reference lung mask. One ships with the repository: a COPD
+# patient's chest from the Chest Imaging Platform, which its authors shrank 8x (64x64 pixels of 4.17 mm,
+# 1 MB), so it looks blocky; it made this notebook's outputs. Where `idc-index` and a network are at
+# hand (Colab installs it), the example comes at full resolution from NCI's Imaging Data Commons
+# instead: a lung cancer patient of NSCLC-Radiomics (LUNG1-001, 134 slices of 512x512, 88 MB, CC BY-NC
+# 3.0) with the radiotherapy team's lung contours; that path is checked here against a stand-in only.
+# **Not for clinical use.**
 
 # %%
 # Setup. In Colab: clone the repository and install the packages Colab lacks. Everywhere: find lungseg/, say the runtime.
@@ -63,7 +64,8 @@ from lungseg.scans import Scan, inside_body, keep_lungs, mask_overlay, predict_s
 # `SCAN`: your CT, a DICOM series folder or a NIfTI file (see "Your own scan" at the end); empty, the
 # last section segments the example. `MODEL`: the Residual U-Net, the model 05 chose for whole scans.
 # `EXAMPLE`: `"auto"` (the full-resolution scan where it can be downloaded, else the small one), `"full"`
-# or `"small"`; `EXAMPLE_DIR`: where it is kept (empty: `data/` in the repository, or the copy beside it).
+# or `"small"`; `EXAMPLE_DIR`: where it is kept (empty: the small one's copy in `examples/`, the full
+# one's download in `data/`).
 # This notebook needs no Kaggle data, so no `DATA_DIR`.
 
 # %% tags=["parameters"]
@@ -82,7 +84,7 @@ output_dir = REPO_ROOT / OUTPUT_DIR
 models_dir = choose_models_dir(MODELS_DIR, output_dir, ["unet", "resunet"], REPO_ROOT)
 model, record = lu.load_trained_model(models_dir / f"{MODEL}.keras")
 synthetic = record["synthetic"]  # a model that learnt phantoms: every figure says so
-example = get_example(EXAMPLE, EXAMPLE_DIR)  # pinned, checked file by file, downloaded once
+example = get_example(EXAMPLE, EXAMPLE_DIR)  # checked file by file; the small one ships with the repository
 print("example:", example.description)
 show_config(globals(), models=models_dir, example=example.name,
             trained_on="SYNTHETIC phantoms, not real CT" if synthetic else "real CT slices")

@@ -1,7 +1,8 @@
-"""06's example scans, fetched from local stand-ins of their sources: the real files beside the repository
-(../shared). The small one is served through a file:// URL as GitHub serves it over https; the full one's
-client (idc-index, which this machine cannot run against IDC) is replaced by a function that lays out a real
-CT series and a real DICOM SEG of its lungs as the client does, in nested folders with other files beside."""
+"""06's example scans. The small one ships with the repository (examples/cip-copdgene-64); its download into
+an EXAMPLE_DIR is served from a local stand-in of the pinned source (a file:// URL, as GitHub serves it over
+https). The full one's client (idc-index, which this machine cannot run against IDC) is replaced by a function
+that lays out a real CT series and a real DICOM SEG of its lungs as the client does, in nested folders with
+other files beside."""
 
 from __future__ import annotations
 
@@ -14,16 +15,13 @@ import pytest
 from lungseg import examples
 from lungseg.errors import LungsegError
 
-pytestmark = pytest.mark.skipif(not examples._complete(examples.CIP_SHARED, examples.cip_checksums()),
-                                reason="../shared/data/external-ct/cip-copdgene-64 is not beside the repository")
-
 
 def stand_in(tmp_path):
     """A copy of the pinned source's files, laid out as in the repository (Testing/Data/Input/...)."""
     source = tmp_path / "source"
     for name in examples.cip_checksums():
         (source / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(examples.CIP_SHARED / name, source / name)
+        shutil.copyfile(examples.SHIPPED / name, source / name)
     return source
 
 
@@ -48,7 +46,8 @@ def test_a_damaged_download_is_refused_and_nothing_is_kept(tmp_path):
 
 
 def test_no_network_says_what_to_do(tmp_path):
-    with pytest.raises(LungsegError, match=r"Could not download .*IMG0001.dcm.*set SCAN to a CT of your own"):
+    with pytest.raises(LungsegError, match=r"Could not download .*IMG0001.dcm.*Leave EXAMPLE_DIR empty to use the "
+                                           r"copy that ships with lungseg \(examples/cip-copdgene-64\)"):
         examples.small_example(tmp_path / "example", base_url=(tmp_path / "offline").as_uri() + "/")
 
 
@@ -62,8 +61,27 @@ def test_a_different_file_already_there_is_left_alone(tmp_path):
     assert mine.read_bytes() == b"my own file"
 
 
-def test_without_a_folder_the_small_one_is_the_copy_beside_the_repository():
-    assert examples.small_example().series == examples.CIP_SHARED / "ct-64Dicom"
+def test_the_shipped_copy_is_complete_and_used_without_a_folder(capsys):
+    assert examples._complete(examples.SHIPPED, examples.cip_checksums())  # every file, as its SHA256SUMS says
+    assert len(examples.cip_checksums()) == 80  # 79 slices and the reference mask
+    assert examples.small_example().series == examples.SHIPPED / "ct-64Dicom"
+    assert capsys.readouterr().out == ""  # nothing downloaded, nothing to say
+    assert {"SOURCE.md", "CIP_License.txt"} <= {p.name for p in examples.SHIPPED.iterdir()}
+
+
+def test_a_changed_shipped_copy_is_said_and_fetched_instead(tmp_path, capsys, monkeypatch):
+    source = stand_in(tmp_path)
+    shipped = tmp_path / "repo" / "examples" / "cip-copdgene-64"
+    shutil.copytree(examples.SHIPPED, shipped)
+    (shipped / "ct-64Dicom" / "IMG0005.dcm").unlink()  # a file lost
+    monkeypatch.setattr(examples, "SHIPPED", shipped)
+    monkeypatch.setattr(examples, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(examples, "DATA", tmp_path / "repo" / "data")
+    example = examples.small_example(base_url=source.as_uri() + "/")
+    assert example.series == tmp_path / "repo" / "data" / "cip-copdgene-64" / "ct-64Dicom"
+    assert len(list(example.series.glob("*.dcm"))) == 79
+    assert "examples/cip-copdgene-64/ is incomplete or changed (git checkout -- examples/cip-copdgene-64 restores " \
+           "it); fetching it into data/ instead." in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- the full one, through a stand-in client
@@ -89,7 +107,7 @@ def client_stand_in(seg_path, calls):
         calls.append(list(series_uids))
         ct = target / "cip" / "P1" / "S1" / "CT_1"
         ct.mkdir(parents=True)
-        for path in (examples.CIP_SHARED / "ct-64Dicom").glob("*.dcm"):
+        for path in (examples.SHIPPED / "ct-64Dicom").glob("*.dcm"):
             shutil.copyfile(path, ct / f"{path.stem}-copy.dcm")
         (target / "cip" / "P1" / "S1" / "SEG_2").mkdir(parents=True)
         shutil.copyfile(seg_path, target / "cip" / "P1" / "S1" / "SEG_2" / "x.dcm")
@@ -123,14 +141,19 @@ def test_an_incomplete_download_keeps_nothing(tmp_path, seg_of_the_cip_lungs):
     assert not (tmp_path / "full").exists() and not list(tmp_path.glob(".example-*"))
 
 
-def test_auto_falls_back_to_the_small_one_and_says_why(tmp_path, capsys, monkeypatch):
+def test_auto_falls_back_to_the_shipped_one_and_says_so_in_one_line(tmp_path, capsys, monkeypatch):
     def offline(series_uids, target):
         raise OSError("network unreachable")
     monkeypatch.setattr(examples, "DATA", tmp_path / "data")
     example = examples.get_example("auto", "", download=offline)
-    assert example.name == "cip-copdgene-64"
-    assert "Using the small example scan: the full-resolution one could not be downloaded (OSError)." in \
-        capsys.readouterr().out
+    assert example.series == examples.SHIPPED / "ct-64Dicom"
+    assert capsys.readouterr().out == ("Example: the small scan that ships with lungseg; the full-resolution one "
+                                       "could not be downloaded (OSError).\n")
+    monkeypatch.setattr(examples, "_idc_client_at_hand", lambda: False)  # no idc-index: nothing is tried
+    assert examples.get_example("auto").series == examples.SHIPPED / "ct-64Dicom"
+    assert capsys.readouterr().out == ("Example: the small scan that ships with lungseg (the full-resolution one "
+                                       "needs idc-index: pip install idc-index).\n")
+    assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file()]  # nothing downloaded
     with pytest.raises(LungsegError, match=r'Could not download the full-resolution example .*EXAMPLE = "small"'):
         examples.get_example("full", tmp_path / "full", download=offline)
     with pytest.raises(LungsegError, match=r'EXAMPLE=\'big\': use "auto", "full"'):

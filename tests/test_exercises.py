@@ -60,8 +60,6 @@ def test_06_a_higher_threshold_shrinks_the_lungs_and_raises_laa950():
     from lungseg import examples
     from lungseg.scans import read_scan, scan_measurements, segment_scan
 
-    if not examples._complete(examples.CIP_SHARED, examples.cip_checksums()):
-        pytest.skip("the small example scan is not beside the repository")
     model, record = lu.load_trained_model(REPO_ROOT / "models" / "resunet.keras")
     scan = read_scan(examples.small_example().series)
     measured = {threshold: scan_measurements(scan, segment_scan(model, scan, record, threshold=threshold))
