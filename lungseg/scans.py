@@ -499,6 +499,8 @@ def outside_air_hu(hu: np.ndarray, slices: int = 9) -> float | None:
 
 def _outside_air_of_slice(image: np.ndarray, gap_hu: float = 200.0) -> float | None:
     image = np.asarray(image, np.float32)
+    if image.min() == image.max():  # a blank slice (padding, a gap in the scout) shows no air
+        return None
     padding = image == image.min()
     if padding.mean() < 0.01:  # a constant fill outside the field of view, or none
         padding[:] = False
@@ -766,6 +768,10 @@ def predict_scans(model, settings: dict, input_path, output_dir, *, threshold: f
                     flagged.append(f"{source}: {rows[-1]['note']}")
             except LungsegError as error:
                 problems.append(" ".join(str(error).split()))  # one line per input
+                log(f"not segmented: {problems[-1]}")
+            except Exception as error:  # what no check foresaw stays one scan's line; the next scans still run
+                problems.append(" ".join(f"{source}: an unexpected {type(error).__name__} ({error}). The other scans "
+                                         "are not affected; please report it with this line.".split()))
                 log(f"not segmented: {problems[-1]}")
             if rows:
                 outputs.save(rows, {**record, "problems": problems})  # each scan recorded as soon as it is done

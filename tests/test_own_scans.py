@@ -392,6 +392,34 @@ def test_a_few_stray_millilitres_are_no_lungs_not_a_wrong_voxel_size():
         assert row["note"].startswith(expected), (millilitres, row["note"])
 
 
+def test_a_blank_slice_is_segmented_around(committed, cip_chest, tmp_path):
+    data, affine = cip_chest
+    blank = data.copy()
+    blank[:, :, 39] = -1024  # the middle slice, one the air check reads: padding, or a gap in a scout
+    _nifti(tmp_path / "in", "blank_slice", blank, affine)
+    table, said = _predict(committed, tmp_path / "in", tmp_path / "out")
+    assert not table.attrs["problems"] and table.name.tolist() == ["blank_slice"]
+    assert table.lung_volume_ml[0] == pytest.approx(4554, rel=0.07)  # one slice of 79 missing from the lungs
+
+
+def test_one_scans_unexpected_failure_is_one_line_and_the_next_scans_run(committed, cip_chest, tmp_path, monkeypatch):
+    data, affine = cip_chest
+    for name in ("a_first", "b_breaks", "c_last"):
+        _nifti(tmp_path / "in", name, data, affine)
+    segment = scans.segment_scan
+
+    def breaks_on_b(model, scan, *args, **kwargs):
+        if scan.name.startswith("b_"):
+            raise IndexError("index 0 is out of bounds for axis 0 with size 0")
+        return segment(model, scan, *args, **kwargs)
+    monkeypatch.setattr(scans, "segment_scan", breaks_on_b)
+    table, said = _predict(committed, tmp_path / "in", tmp_path / "out")
+    assert table.name.tolist() == ["a_first", "c_last"] and len(table.attrs["problems"]) == 1
+    problem = table.attrs["problems"][0]
+    assert "b_breaks.nii.gz: an unexpected IndexError (index 0 is out of bounds" in problem and "\n" not in problem
+    assert f"not segmented: {problem}" in said.splitlines()
+
+
 def test_predict_sh_exits_non_zero_when_a_scan_is_flagged(cip_chest, tmp_path):
     import subprocess
 
