@@ -234,6 +234,12 @@ def read_image_slice(path) -> Scan:
     return Scan(path.name, "slice", read_slice(path)[None], spacing, source=str(path), notes=notes)
 
 
+def series_tag(uid: str) -> str:
+    """A short name for a series: the last 6 digits of its Series Instance UID (the name of a folder's
+    series when it holds several; a patient's name or ID never goes into a file name)."""
+    return "series" + "".join(ch for ch in uid if ch.isdigit())[-6:]
+
+
 def find_scans(input_path, series: str | None = None, pixel_spacing_mm: float | None = None, exclude=()) -> list:
     """The scans in ``input_path`` (a slice, a NIfTI file, or a folder, searched with its subfolders, of
     DICOM files, slices or NIfTI files; a CD's DICOMDIR index and the files in ``exclude`` are passed
@@ -288,6 +294,8 @@ def find_scans(input_path, series: str | None = None, pixel_spacing_mm: float | 
     if series is not None or volumes:
         chosen = series or max(volumes, key=lambda uid: len(volumes[uid]))
         name = (path.resolve().name if path.is_dir() else path.stem) or "scan"  # "." is named after its folder
+        if len(dicoms) > 1:  # a folder of several series: each its own name, so that --series adds, never replaces
+            name = f"{name}_{series_tag(chosen)}"
         others = [f"{path}: also holds series {uid} ({len(files)} files), not segmented; series={uid!r} "
                   f"(--series {uid}) chooses it." for uid, files in dicoms.items() if uid != chosen]
 

@@ -420,6 +420,22 @@ def test_one_scans_unexpected_failure_is_one_line_and_the_next_scans_run(committ
     assert f"not segmented: {problem}" in said.splitlines()
 
 
+def test_a_second_series_of_a_folder_is_added_never_replacing_the_first(committed, slices, tmp_path):
+    folder = tmp_path / "two_patients"
+    write_dicom_series(slices, folder, pixel_spacing_mm=(0.7, 0.7), series_uid="1.2.826.0.1.111111",
+                       file_names=[f"A{k}.dcm" for k in range(6)])
+    write_dicom_series(slices[:4], folder, pixel_spacing_mm=(0.7, 0.7), series_uid="1.2.826.0.1.222222",
+                       file_names=[f"B{k}.dcm" for k in range(4)])
+    first, said = _predict(committed, folder, tmp_path / "out")  # the largest series: A
+    assert first.name.tolist() == ["two_patients_series111111"] and "(--series 1.2.826.0.1.222222) chooses it" in said
+    mask_a = (tmp_path / "out" / "two_patients_series111111_mask.nii.gz").read_bytes()
+    second, _ = _predict(committed, folder, tmp_path / "out", series="1.2.826.0.1.222222")
+    assert second.name.tolist() == ["two_patients_series111111", "two_patients_series222222"]
+    assert second.slices.tolist() == [6, 4]
+    assert (tmp_path / "out" / "two_patients_series111111_mask.nii.gz").read_bytes() == mask_a  # A's left as it was
+    assert len(pd.read_csv(tmp_path / "out" / "measurements.csv")) == 2
+
+
 def test_predict_sh_exits_non_zero_when_a_scan_is_flagged(cip_chest, tmp_path):
     import subprocess
 
