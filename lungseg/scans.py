@@ -14,7 +14,7 @@ Three things matter before a 2D model can segment a volume:
    training slices: axial, the patient's right on the image's left, front at the top. The mask is
    turned back, so that it lies on the input voxel for voxel.
 3. **Right and left lung.** Labels 1 = right lung, 2 = left lung; the patient's left-right axis comes
-   from the geometry (:func:`split_lungs`).
+   from the geometry, a lung's side from the body's midline (:func:`split_lungs`, :func:`body_midline`).
 
 (``nibabel`` reads NIfTI, ``pydicom`` DICOM.)
 """
@@ -342,10 +342,14 @@ def find_scans(input_path, series: str | None = None, pixel_spacing_mm: float | 
 # before the external volumes were looked at.
 
 
-def split_lungs(mask: np.ndarray) -> np.ndarray:
+def split_lungs(mask: np.ndarray, midline: float | None = None, min_lung_share: float = 0.15) -> np.ndarray:
     """Label a lung mask[slice, row, column] (columns from the patient's right to left): 1 right, 2 left.
-    The split column is the one with the fewest lung voxels in the middle 40% of the lungs' width; a
-    connected region lying (95%) on one side gets that side, one crossing it (touching lungs) is cut there."""
+
+    Each connected region gets its side from where it lies against the body's ``midline`` (a column; see
+    :func:`body_midline`), or, without one, against the middle of the lungs' width. A region lying (95%) on
+    one side is that side's lung, however large (one lung after a pneumonectomy is one lung). A region
+    crossing it (two lungs that touch) is cut at the column with the fewest lung voxels near the midline,
+    unless the cut leaves under ``min_lung_share`` of it on one side: that is one lung reaching over."""
     mask = np.asarray(mask).astype(bool)
     labels = np.zeros(mask.shape, np.uint8)
     if not mask.any():
@@ -353,8 +357,12 @@ def split_lungs(mask: np.ndarray) -> np.ndarray:
     profile = mask.sum(axis=(0, 1))
     columns = np.flatnonzero(profile)
     low, high = columns[0], columns[-1]
-    band = np.arange(low + int(0.3 * (high - low)), high - int(0.3 * (high - low)) + 1)
-    split = band[np.lexsort((np.abs(band - (low + high) / 2), profile[band]))[0]]  # fewest voxels, then central
+    if midline is None:
+        middle, half_band = (low + high) / 2, 0.2 * (high - low)
+    else:
+        middle, half_band = float(midline), 0.1 * (high - low)
+    band = np.arange(max(0, round(middle - half_band)), min(mask.shape[2] - 1, round(middle + half_band)) + 1)
+    split = band[np.lexsort((np.abs(band - middle), profile[band]))[0]]  # fewest voxels, then central
     whole = _bounding_box(mask)  # all of the mask lies in it
     regions, _ = ndimage.label(mask[whole])
     inner = labels[whole]  # a view: labelling it labels `labels`
@@ -362,9 +370,24 @@ def split_lungs(mask: np.ndarray) -> np.ndarray:
         inside = regions[box] == index
         column = np.arange(whole[2].start + box[2].start, whole[2].start + box[2].stop)[None, None, :]
         right_share = np.count_nonzero(inside & (column < split)) / np.count_nonzero(inside)
-        side = 1 if right_share >= 0.95 else 2 if right_share <= 0.05 else np.where(column < split, 1, 2)
+        crossing = min(right_share, 1 - right_share) >= (0.05 if midline is None else min_lung_share)
+        side = np.where(column < split, 1, 2) if crossing else 1 if right_share >= 0.5 else 2
         inner[box][inside] = np.broadcast_to(side, inside.shape)[inside]
     return labels
+
+
+def body_midline(hu: np.ndarray, lung: np.ndarray, slices: int = 9) -> float | None:
+    """The column of the body's midline in a volume hu[slice, row, column]: the median, over up to ``slices``
+    slices with lung, of the middle of what the tissue encloses (:func:`inside_body`); None without lung."""
+    with_lung = np.flatnonzero(np.asarray(lung).any(axis=(1, 2)))
+    if not with_lung.size:
+        return None
+    centres = []
+    for k in with_lung[np.unique(np.linspace(0, len(with_lung) - 1, min(slices, len(with_lung))).round().astype(int))]:
+        body_columns = np.flatnonzero(inside_body(hu[k]).any(axis=0))
+        if body_columns.size:
+            centres.append((body_columns[0] + body_columns[-1]) / 2)
+    return float(np.median(centres)) if centres else None
 
 
 def inside_body(hu: np.ndarray, tissue_hu: float = -500.0) -> np.ndarray:
@@ -638,7 +661,8 @@ def segment_scan(model, scan: Scan, settings: dict, threshold: float = 0.5, post
             bar.update(len(chunk))
     if scan.kind == "slice":
         return masks
-    return split_lungs(keep_lungs(masks, scan) if postprocess else masks)
+    lungs = keep_lungs(masks, scan) if postprocess else masks
+    return split_lungs(lungs, body_midline(scan.hu, lungs))
 
 
 def scan_measurements(scan: Scan, labels: np.ndarray, pixel_spacing_mm: float | None = None) -> dict:
@@ -663,6 +687,10 @@ def scan_measurements(scan: Scan, labels: np.ndarray, pixel_spacing_mm: float | 
             row.update(lung_volume_ml=np.nan, right_volume_ml=np.nan, left_volume_ml=np.nan, note=implausible)
         elif row["lung_volume_ml"] < NO_LUNG_ML:
             row["note"] = f"no lungs found ({row['lung_volume_ml']:.1f} mL): is this a chest CT?"
+        elif min(row["right_volume_ml"], row["left_volume_ml"]) == 0:
+            found, missing = ("right", "left") if row["left_volume_ml"] == 0 else ("left", "right")
+            row["note"] = (f"one lung found, the {found}; the {missing} lung is 0 mL (after a pneumonectomy, a "
+                           f"collapsed lung, or a scan of one side): check the mask")
     inside = scan.hu[lung].astype(np.float64)
     percentiles = np.percentile(inside, [5, 15, 95]) if inside.size else [np.nan] * 3
     row.update(mean_hu=inside.mean() if inside.size else np.nan, pd05_hu=percentiles[0], pd15_hu=percentiles[1],

@@ -57,7 +57,7 @@ from scipy import ndimage
 import lungseg_utils as lu  # 01-05's #@save cells: reading HU, predicting, the model's loader
 from lungseg.checks import check_scan_settings, choose_models_dir  # refuses MODEL / SCAN that cannot work
 from lungseg.examples import get_example, reference_mask  # the example: a CT series and its reference lungs
-from lungseg.scans import Scan, inside_body, keep_lungs, mask_overlay, predict_scans, read_scan, segment_scan, split_lungs
+from lungseg.scans import Scan, body_midline, inside_body, keep_lungs, mask_overlay, predict_scans, read_scan, segment_scan, split_lungs
 
 # %% [markdown]
 # ## Parameters
@@ -176,11 +176,15 @@ print(f"before: {mask.sum() * voxel_ml:,.0f} mL in {found} regions; after: {kept
 
 # %% [markdown]
 # ## Right and left lung
-# Lung function is often asked per lung. The image's left is the patient's right: `split_lungs` cuts
-# the mask at the column with the least lung between the two, and gives each region its side.
+# Lung function is often asked per lung. The image's left is the patient's right. A lung's side is
+# where it lies against the body's midline, not against the other lung: after a pneumonectomy there is
+# only one. Where the two lungs touch, `split_lungs` cuts them at the column near the midline with the
+# least lung.
 
 # %%
-labels = split_lungs(kept)  # 0 background, 1 right lung, 2 left lung
+midline = body_midline(volume, kept)  # the column in the middle of the body, on the slices with lung
+labels = split_lungs(kept, midline)  # 0 background, 1 right lung, 2 left lung
+print(f"midline: column {midline:.0f} of {volume.shape[2]}")
 print({side: f"{(labels == value).sum() * voxel_ml:,.0f} mL" for side, value in (("right", 1), ("left", 2))})
 show_axial_and_coronal(labels, "right lung green, left lung blue", output_dir / "figures" / "06_scan.png");
 

@@ -436,6 +436,21 @@ def test_a_second_series_of_a_folder_is_added_never_replacing_the_first(committe
     assert len(pd.read_csv(tmp_path / "out" / "measurements.csv")) == 2
 
 
+def test_one_lung_is_measured_as_one_lung(committed, cip_chest, tmp_path):
+    """A pneumonectomy, built from the CIP chest: its left lung (as the model finds it) filled with fluid."""
+    data, affine = cip_chest
+    _nifti(tmp_path / "in", "chest", data, affine)
+    both, _ = _predict(committed, tmp_path / "in", tmp_path / "out")
+    labels = np.asarray(nib.load(tmp_path / "out" / "chest_mask.nii.gz").dataobj)  # on the input's grid
+    fluid = data.copy()
+    fluid[labels == 2] = np.random.default_rng(0).normal(20, 15, (labels == 2).sum()).round()
+    _nifti(tmp_path / "in2", "pneumonectomy", fluid, affine)
+    one, said = _predict(committed, tmp_path / "in2", tmp_path / "out2")
+    assert both.left_volume_ml[0] > 1500  # the intact chest: two lungs
+    assert one.left_volume_ml[0] == 0 and one.right_volume_ml[0] == pytest.approx(both.right_volume_ml[0], rel=0.1)
+    assert one.note[0].startswith("one lung found, the right; the left lung is 0 mL") and "one lung found" in said
+
+
 def test_predict_sh_exits_non_zero_when_a_scan_is_flagged(cip_chest, tmp_path):
     import subprocess
 
