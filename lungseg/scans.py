@@ -346,10 +346,10 @@ def split_lungs(mask: np.ndarray, midline: float | None = None, min_lung_share: 
     """Label a lung mask[slice, row, column] (columns from the patient's right to left): 1 right, 2 left.
 
     Each connected region gets its side from where it lies against the body's ``midline`` (a column; see
-    :func:`body_midline`), or, without one, against the middle of the lungs' width. A region lying (95%) on
-    one side is that side's lung, however large (one lung after a pneumonectomy is one lung). A region
-    crossing it (two lungs that touch) is cut at the column with the fewest lung voxels near the midline,
-    unless the cut leaves under ``min_lung_share`` of it on one side: that is one lung reaching over."""
+    :func:`body_midline`), or, without one, against the middle of the lungs' width. A region crossing that
+    line (two lungs that touch) is cut at the column with the fewest lung voxels near it; a region with less
+    than ``min_lung_share`` of it on the other side (5% without a midline) is one lung, however large, and
+    gets the side where most of it lies (one lung after a pneumonectomy, reaching over the midline)."""
     mask = np.asarray(mask).astype(bool)
     labels = np.zeros(mask.shape, np.uint8)
     if not mask.any():
