@@ -790,6 +790,10 @@ def predict_scans(model, settings: dict, input_path, output_dir, *, threshold: f
                     log(" ".join(note.split()))
                 labels = segment_scan(model, scan, settings, threshold, postprocess, batch_size, progress)
                 lung_hu = scan.hu[labels > 0]
+                if lung_hu.size and not -1000 <= lung_hu.mean() <= -200 and settings.get("synthetic"):
+                    raise LungsegError(f"{source}: the lung found has a mean of {lung_hu.mean():.0f} HU, which no lung "
+                                       "has, and the model learnt SYNTHETIC phantoms, not real CT: use a model trained "
+                                       "on the real slices (the committed ones in models/, or 03/04 run on them).")
                 if lung_hu.size and not -1000 <= lung_hu.mean() <= -200:
                     raise LungsegError(f"{source}: the lung found has a mean of {lung_hu.mean():.0f} HU, which no lung "
                                        "has: its values are not HU. Convert it to HU (a 16-bit PNG holds HU+1024; "

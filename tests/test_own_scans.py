@@ -451,6 +451,18 @@ def test_one_lung_is_measured_as_one_lung(committed, cip_chest, tmp_path):
     assert one.note[0].startswith("one lung found, the right; the left lung is 0 mL") and "one lung found" in said
 
 
+def test_a_mask_that_is_not_lung_from_a_phantom_model_blames_the_model_not_the_scan(committed, cip_chest, tmp_path,
+                                                                                    monkeypatch):
+    data, affine = cip_chest
+    _nifti(tmp_path / "in", "chest", data, affine)
+    monkeypatch.setattr(scans, "segment_scan", lambda model, scan, *args, **kwargs: (scan.hu > -100).astype(np.uint8))
+    model, record = committed
+    for synthetic, expected in ((True, "the model learnt SYNTHETIC phantoms"), (False, "its values are not HU")):
+        table = scans.predict_scans(model, {**record, "synthetic": synthetic}, tmp_path / "in",
+                                    tmp_path / f"out{synthetic}", log=lambda *args: None)
+        assert expected in table.attrs["problems"][0] and len(table) == 0
+
+
 def test_predict_sh_exits_non_zero_when_a_scan_is_flagged(cip_chest, tmp_path):
     import subprocess
 
