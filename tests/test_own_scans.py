@@ -10,7 +10,7 @@ import pydicom
 import pytest
 
 import lungseg_utils as lu
-from lungseg import scans
+from lungseg import scans, segmenting
 from lungseg.dicom import write_dicom_series
 from lungseg_utils import LungsegError
 
@@ -278,7 +278,7 @@ def test_a_second_run_into_the_same_folder_at_once_is_refused(committed, real_da
 def test_an_interrupted_run_keeps_the_rows_of_the_scans_it_finished(committed, real_data, real_names, tmp_path,
                                                                    monkeypatch):
     model, record = committed
-    network, calls = scans._scan_probabilities, []
+    network, calls = segmenting._scan_probabilities, []
 
     def interrupted_later(*args, **kwargs):  # Ctrl-C while the second slice is segmented
         calls.append(1)
@@ -286,14 +286,14 @@ def test_an_interrupted_run_keeps_the_rows_of_the_scans_it_finished(committed, r
             raise KeyboardInterrupt
         return network(*args, **kwargs)
 
-    monkeypatch.setattr(scans, "_scan_probabilities", interrupted_later)
+    monkeypatch.setattr(segmenting, "_scan_probabilities", interrupted_later)
     folder = tmp_path / "two"
     folder.mkdir()
     for name in real_names[:2]:
         (folder / name).write_bytes((real_data / "2d_images" / name).read_bytes())
     with pytest.raises(KeyboardInterrupt):
         scans.predict_scans(model, record, folder, tmp_path / "out", log=lambda line: None)
-    monkeypatch.setattr(scans, "_scan_probabilities", network)
+    monkeypatch.setattr(segmenting, "_scan_probabilities", network)
     assert pd.read_csv(tmp_path / "out" / "measurements.csv").name.tolist() == [real_names[0]]
     saved = json.loads((tmp_path / "out" / "measurements.json").read_text())
     assert f"{real_names[0]}_mask.png" in saved["outputs"]
@@ -549,7 +549,7 @@ def test_a_series_lacking_what_a_seg_needs_keeps_its_nifti_mask_and_says_why(com
 def test_the_own_scan_path_computes_what_keras_predict_computes(committed, slices):
     model, record = committed
     volume = slices * 3  # 18 slices: two full batches of 8 and a shorter one
-    fast = scans._scan_probabilities(model, volume, record, batch_size=8)
+    fast = segmenting._scan_probabilities(model, volume, record, batch_size=8)
     keras_predict = lu.predict_probabilities(model, volume, record, batch_size=8)
     assert len(fast) == 18 and all(np.array_equal(a, b) for a, b in zip(fast, keras_predict))  # to the last bit
 

@@ -1,0 +1,86 @@
+"""Measuring the lungs: volume (right, left, both) and density (mean HU, PD05/PD15/PD95, LAA-950), and
+whether what was found can be a human lung at the scan's voxel size. Takes a Scan and its labels;
+gives one row of ``measurements.csv`` (:func:`scan_measurements`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lungseg.anatomy import _bounding_box
+from lungseg.reading import Scan
+
+
+# What is measured must be a human lung's size. Set from physiology: an adult's lungs hold up to
+# about 9 L at full inspiration (total lung capacity; the tallest adults), a third more where
+# emphysema over-inflates them; no lung is longer than 40 cm in any direction (apex to base about
+# 30 cm, a chest about 35 cm across); a newborn's lungs hold about 150 mL. A volume outside these
+# bounds means the voxel size is wrong (a file that lost its geometry, a slice spacing mistyped),
+# and it is flagged, never reported.
+MAX_LUNG_ML, MAX_LUNG_EXTENT_MM, MIN_WHOLE_LUNGS_ML = 12_000.0, 400.0, 150.0
+IMPLAUSIBLE = "not a human lung's size at this voxel size, so not measured"
+
+
+def implausible_lungs(scan: Scan, labels: np.ndarray, volume_ml: float) -> str | None:
+    """Why the lungs in labels[slice, row, column] cannot be a human's at the scan's voxel size, or None."""
+    lung = labels > 0
+    if scan.kind != "volume" or not lung.any():
+        return None
+    spacing = (float(np.mean(scan.slice_thickness_mm)),) + tuple(scan.pixel_spacing_mm)
+    box = _bounding_box(lung)
+    extent = [float(scan.slice_thickness_mm[box[0]].sum()), (box[1].stop - box[1].start) * spacing[1],
+              (box[2].stop - box[2].start) * spacing[2]]
+    whole = not lung[0].any() and not lung[-1].any()  # lung-free slices below and above: the lungs lie whole in it
+    if volume_ml > MAX_LUNG_ML:
+        why = f"{volume_ml:,.0f} mL of lung, more than any human lung holds (up to about {MAX_LUNG_ML / 1000:.0f} L)"
+    elif max(extent) > MAX_LUNG_EXTENT_MM:
+        why = f"lungs {max(extent):,.0f} mm long, where no lung reaches {MAX_LUNG_EXTENT_MM:.0f} mm"
+    elif whole and NO_LUNG_ML <= volume_ml < MIN_WHOLE_LUNGS_ML:  # below NO_LUNG_ML: stray voxels, "no lungs found"
+        why = (f"whole lungs (lung-free slices above and below) of {volume_ml:,.1f} mL, less than a newborn's "
+               f"(about {MIN_WHOLE_LUNGS_ML:.0f} mL)")
+    else:
+        return None
+    voxels = f"{spacing[1]:g} x {spacing[2]:g} x {spacing[0]:g} mm"
+    if np.allclose(spacing, 1.0):
+        check = f"the voxels are {voxels}, NIfTI's default when a file lost its geometry (e.g. made from PNG slices)"
+    else:
+        check = f"the voxels are {voxels} (rows x columns x slices): check the pixel spacing and the slice spacing"
+    return f"{IMPLAUSIBLE}: {why}; {check}. Re-export the scan with its geometry (e.g. dcm2niix)."
+
+
+NO_LUNG_ML = 20.0  # less lung than this in a volume: "no lungs found"
+
+
+def scan_measurements(scan: Scan, labels: np.ndarray, pixel_spacing_mm: float | None = None) -> dict:
+    """Lung size (area in mm² for a slice; volumes in mL, right and left, for a volume) and density:
+    mean HU, PD05/PD15/PD95 (HU percentiles) and LAA-950 (% of lung voxels below -950 HU, the
+    emphysema index; PD15 is its density counterpart)."""
+    spacing = scan.pixel_spacing_mm or ((pixel_spacing_mm, pixel_spacing_mm) if pixel_spacing_mm else None)
+    pixel_area = spacing[0] * spacing[1] if spacing else np.nan
+    lung = labels > 0
+    row = {"name": scan.name, "kind": scan.kind, "slices": len(scan.hu), "lung_pixels": int(lung.sum())}
+    if scan.kind == "slice":
+        row["area_mm2"] = lung.sum() * pixel_area
+        if not lung.any():
+            row["note"] = "no lung found: is this a chest CT slice in HU?"
+    else:
+        def millilitres(part):
+            return float((part.sum(axis=(1, 2)) * scan.slice_thickness_mm).sum() * pixel_area / 1000)
+        row.update(lung_volume_ml=millilitres(lung), right_volume_ml=millilitres(labels == 1),
+                   left_volume_ml=millilitres(labels == 2))
+        implausible = implausible_lungs(scan, labels, row["lung_volume_ml"])
+        if implausible:  # flagged, never reported as a result
+            row.update(lung_volume_ml=np.nan, right_volume_ml=np.nan, left_volume_ml=np.nan, note=implausible)
+        elif row["lung_volume_ml"] < NO_LUNG_ML:
+            row["note"] = f"no lungs found ({row['lung_volume_ml']:.1f} mL): is this a chest CT?"
+        elif min(row["right_volume_ml"], row["left_volume_ml"]) == 0:
+            found, missing = ("right", "left") if row["left_volume_ml"] == 0 else ("left", "right")
+            row["note"] = (f"one lung found, the {found}; the {missing} lung is 0 mL (after a pneumonectomy, a "
+                           f"collapsed lung, or a scan of one side): check the mask")
+    inside = scan.hu[lung].astype(np.float64)
+    percentiles = np.percentile(inside, [5, 15, 95]) if inside.size else [np.nan] * 3
+    row.update(mean_hu=inside.mean() if inside.size else np.nan, pd05_hu=percentiles[0], pd15_hu=percentiles[1],
+               pd95_hu=percentiles[2], laa950_percent=100 * np.mean(inside < -950) if inside.size else np.nan,
+               pixel_spacing_mm=" x ".join(f"{v:g}" for v in spacing) if spacing else "unknown",
+               slice_spacing_mm=float(np.mean(scan.slice_thickness_mm)) if scan.kind == "volume" else np.nan)
+    return row
