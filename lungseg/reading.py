@@ -27,7 +27,7 @@ from scipy import ndimage
 
 from lungseg.errors import LungsegError
 from lungseg.files import is_dicom
-from lungseg_utils import IMAGE_SUFFIXES, check_hu, read_slice
+from lungseg_utils import IMAGE_SUFFIXES, PNG_HU_OFFSET, check_hu, read_slice
 
 
 @dataclass
@@ -45,6 +45,8 @@ class Scan:
     notes: list = field(default_factory=list)
     source_files: list = field(default_factory=list)  # a DICOM series' files in slice order: the mask's frames
     grid: np.ndarray | None = None  # a series with missing slices: each file's slice index on the even grid
+    nifti_forms: tuple | None = None  # (qform, code, sform, code) of a NIfTI whose two disagree: the mask keeps both
+    no_seg: str = ""  # why no DICOM Segmentation can be written for this series, if it cannot
 
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -71,41 +73,70 @@ def from_model_axes(mask: np.ndarray, orientation: np.ndarray) -> np.ndarray:
     return nib.orientations.apply_orientation(mask.transpose(2, 1, 0), transform)
 
 
-def read_nifti(path) -> Scan:
-    """A NIfTI volume in HU (its scaling applied), in the model's orientation whatever the file's."""
+class NotCT(LungsegError):
+    """A file in a folder that is no CT to segment (a lung mask or label map beside the scan): said, not counted
+    as a problem, when it was found in a folder."""
+
+
+def _load_nifti(path: Path, notes: list):
+    """nibabel's image; a plain .nii named .nii.gz (not gzipped) is read as what it is, and said."""
     import nibabel as nib
 
-    path = Path(path)
     try:
-        image = nib.load(path)
-        data = image.get_fdata(dtype=np.float32)
+        return nib.load(path)
     except Exception as error:
+        with open(path, "rb") as file:
+            start = file.read(348)
+        if path.name.lower().endswith(".gz") and not start.startswith(b"\x1f\x8b") and len(start) == 348:
+            try:
+                image = nib.Nifti1Image.from_bytes(path.read_bytes())
+            except Exception:
+                pass
+            else:
+                notes.append(f"{path}: named .nii.gz but not gzipped, a plain .nii: read as it is. Rename it to "
+                             f"{path.name[:-3]} (or gzip it).")
+                return image
         raise LungsegError(f"{path}: unreadable NIfTI ({type(error).__name__}: {error}). Re-export it.") from None
+
+
+def _label_map(data: np.ndarray) -> list | None:
+    """The values of a volume that holds a few small whole numbers (a mask or label map, not CT), else None."""
+    sample = data[::4, ::4, ::4]
+    if not sample.size or sample.min() < 0 or len(np.unique(sample)) > 20 or np.any(sample != np.round(sample)):
+        return None
+    values = np.unique(data)  # a CT in HU has air below 0 and thousands of values
+    return values.tolist() if len(values) <= 20 and values.min() >= 0 and np.all(values == np.round(values)) else None
+
+
+def _volume_scan(data: np.ndarray, affine: np.ndarray, path: Path, name: str, notes: list, kind: str) -> Scan:
+    """A volume (array axes as ``affine`` says, mm) as a Scan in the model's orientation: one volume, finite
+    values (NaN outside the field of view is air), a real voxel size."""
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim == 4:
-        raise LungsegError(f"{path}: a 4-D NIfTI of shape {data.shape} ({data.shape[3]} volumes, e.g. the phases of a "
+        raise LungsegError(f"{path}: a 4-D {kind} of shape {data.shape} ({data.shape[3]} volumes, e.g. the phases of a "
                            "4-D CT); lungseg segments one. Save one volume and give that, e.g. in Python: "
                            f"nib.save(nib.load('{path.name}').slicer[..., 0], 'one.nii.gz').")
     if data.ndim != 3:
-        raise LungsegError(f"{path}: a NIfTI of shape {data.shape}; a CT volume has three dimensions.")
-    affine, notes = image.affine.copy(), []
-    unit = image.header.get_xyzt_units()[0]
-    if unit in ("meter", "micron"):  # NIfTI's units: lungseg measures in mm
-        scale = 1000.0 if unit == "meter" else 0.001
-        affine[:3] *= scale
-        notes.append(f"{path}: its header gives its positions in {unit}s; they are taken as such "
-                     f"({unit}s x {scale:g} = mm).")
+        raise LungsegError(f"{path}: a {kind} of shape {data.shape}; a CT volume has three dimensions.")
+    values = _label_map(data)
+    if values is not None:
+        shown = ", ".join(f"{v:g}" for v in values[:6]) + (" ..." if len(values) > 6 else "")
+        raise NotCT(f"{path}: a mask or label map (values {shown}), not a CT in HU: passed over.")
+    bad = ~np.isfinite(data)
+    if bad.any():  # NaN (or inf) where the scanner saw nothing: outside the field of view, air
+        if bad.mean() > 0.5:
+            raise LungsegError(f"{path}: {bad.mean():.0%} of its voxels are not finite (NaN or infinite), so it holds "
+                               "no CT to segment. Re-export it.")
+        data = np.where(bad, np.float32(-1024.0), data)
+        notes.append(f"{path}: {bad.sum():,} voxels ({bad.mean():.1%}) are NaN or infinite (outside the field of "
+                     "view?): taken as air, -1024 HU.")
     axes = affine[:3, :3]
     voxel_mm3 = abs(np.linalg.det(axes)) if np.all(np.isfinite(axes)) else 0.0
     if voxel_mm3 < 1e-6:
         raise LungsegError(f"{path}: its affine (voxel to world) is {'singular' if np.all(np.isfinite(axes)) else 'not finite'}"
                            ", so its voxels have no size or place. Re-export it with its geometry (e.g. dcm2niix).")
     hu, zooms, orientation = to_model_axes(data, affine)
-    name = path.name[: -len(next(s for s in NIFTI_SUFFIXES if path.name.lower().endswith(s)))]
-    if not int(image.header["qform_code"]) and not int(image.header["sform_code"]):
-        notes.append(f"{path}: no qform or sform code, so its orientation is not known: right and left (labels 1 "
-                     "and 2) are a guess. Export it with its orientation (e.g. dcm2niix).")
     directions = axes / np.linalg.norm(axes, axis=0)
     if np.abs(directions.T @ directions - np.eye(3)).max() > 1e-3:  # sheared, e.g. a gantry tilt kept in the affine
         notes.append(f"{path}: its affine is sheared (a gantry tilt?): volumes use the true voxel volume, "
@@ -113,6 +144,76 @@ def read_nifti(path) -> Scan:
     thickness = voxel_mm3 / (zooms[0] * zooms[1])  # along the slice normal, not the length of the third axis
     return Scan(name, "volume", hu, (float(zooms[1]), float(zooms[0])), np.full(hu.shape[0], float(thickness)),
                 affine, orientation, str(path), notes)
+
+
+def read_nifti(path) -> Scan:
+    """A NIfTI volume in HU (its scaling applied), in the model's orientation whatever the file's."""
+    import nibabel as nib
+
+    path, notes = Path(path), []
+    image = _load_nifti(path, notes)
+    try:
+        data = image.get_fdata(dtype=np.float32)
+    except Exception as error:
+        raise LungsegError(f"{path}: unreadable NIfTI ({type(error).__name__}: {error}). Re-export it.") from None
+    affine = image.affine.copy()
+    (qform, qcode), (sform, scode) = image.get_qform(coded=True), image.get_sform(coded=True)
+    qcode, scode = int(image.header["qform_code"]), int(image.header["sform_code"])
+    unit = image.header.get_xyzt_units()[0]
+    scale = {"meter": 1000.0, "micron": 0.001}.get(unit, 1.0)  # NIfTI's units: lungseg measures in mm
+    if scale != 1.0:
+        affine[:3] *= scale
+        notes.append(f"{path}: its header gives its positions in {unit}s; they are taken as such "
+                     f"({unit}s x {scale:g} = mm).")
+    forms = None
+    if qcode and scode and qform is not None and sform is not None and not np.allclose(qform, sform, atol=1e-3):
+        notes.append(f"{path}: its qform ({''.join(nib.aff2axcodes(qform))}, origin "
+                     f"{', '.join(f'{v:.1f}' for v in qform[:3, 3])}) and sform ({''.join(nib.aff2axcodes(sform))}, "
+                     f"origin {', '.join(f'{v:.1f}' for v in sform[:3, 3])}) disagree: the sform is used, as nibabel "
+                     "uses it, and the mask file keeps both. Check which one your viewer shows.")
+        forms = (np.diag([scale] * 3 + [1.0]) @ qform, qcode, np.diag([scale] * 3 + [1.0]) @ sform, scode)
+    if not qcode and not scode:
+        notes.append(f"{path}: no qform or sform code, so its orientation is not known: right and left (labels 1 "
+                     "and 2) are a guess. Export it with its orientation (e.g. dcm2niix).")
+    name = path.name[: -len(next(s for s in NIFTI_SUFFIXES if path.name.lower().endswith(s)))]
+    scan = _volume_scan(data, affine, path, name, notes, "NIfTI")
+    scan.nifti_forms = forms
+    return scan
+
+
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
+
+
+def read_nrrd(path) -> Scan:
+    """An NRRD volume (pynrrd), as 3D Slicer and the Chest Imaging Platform write it: its space directions and
+    origin give the geometry (left-posterior-superior or right-anterior-superior)."""
+    import nrrd
+
+    path, notes = Path(path), []
+    try:
+        data, header = nrrd.read(str(path))
+    except Exception as error:
+        raise LungsegError(f"{path}: unreadable NRRD ({type(error).__name__}: {error}). Re-export it.") from None
+    space = str(header.get("space", "")).lower()
+    flips = {"left-posterior-superior": [-1, -1, 1], "lps": [-1, -1, 1], "right-anterior-superior": [1, 1, 1],
+             "ras": [1, 1, 1]}
+    directions = header.get("space directions")
+    if space not in flips or directions is None:
+        raise LungsegError(f"{path}: an NRRD without a patient space (space {header.get('space')!r}) or space "
+                           "directions, so its voxels have no size or place. Save it from 3D Slicer, or as NIfTI.")
+    directions = np.asarray([d for d in directions if d is not None and not np.all(np.isnan(np.asarray(d, float)))],
+                            float)
+    if data.ndim != 3 or directions.shape != (3, 3):
+        raise LungsegError(f"{path}: an NRRD of shape {data.shape}; a CT volume has three spatial dimensions.")
+    units = [str(u).strip().lower() for u in header.get("space units", ["mm"] * 3)]
+    if any(u not in ("mm", "") for u in units):
+        raise LungsegError(f"{path}: its space units are {units}; lungseg reads millimetres. Save it in mm.")
+    affine = np.eye(4)
+    affine[:3, :3] = directions.T  # columns: the array axes
+    affine[:3, 3] = np.asarray(header.get("space origin", [0, 0, 0]), float)
+    affine = np.diag(flips[space] + [1]) @ affine  # to RAS, as NIfTI's affine
+    name = path.name[: -len(next(s for s in NRRD_SUFFIXES if path.name.lower().endswith(s)))]
+    return _volume_scan(np.asarray(data, np.float32), affine, path, name, notes, "NRRD")
 
 
 CT_IMAGE_STORAGE = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1")  # CT, enhanced CT
@@ -153,6 +254,18 @@ def read_dicom_series(files, name: str, pixel_spacing_mm: float | None = None) -
     if missing and len(kept) > 1:
         raise LungsegError(f"{missing[0]}: no Image Position (Patient), so its slices cannot be placed. Export the "
                            "series with its geometry, or as NIfTI.")
+    bits = int(kept[0][1].get("BitsStored") or 16)
+    if bits <= 8:
+        raise LungsegError(f"{kept[0][0]}: {bits}-bit pixels (BitsStored {bits}: a lossy or screen export), which cannot "
+                           "hold Hounsfield units (HU, -1024 to over +1000). Export the series as the scanner wrote it "
+                           "(16-bit), or as NIfTI (dcm2niix).")
+    no_seg = ""
+    if any(header.get("ImageOrientationPatient") is None for _, header in kept):
+        notes.append(f"{kept[0][0]}: no Image Orientation (Patient), so the slices are taken as axial, the patient's "
+                     "right on the image's left: right and left (labels 1 and 2) are a guess. Export the series with "
+                     "its geometry.")
+        no_seg = ("the series has no Image Orientation (Patient), which a DICOM Segmentation must state for its "
+                  "frames")
     row_direction, column_direction = np.array(common[0][:3]), np.array(common[0][3:])
     normal = np.cross(row_direction, column_direction)
     origins = np.array([np.asarray(h.get("ImagePositionPatient") or [0, 0, 0], float) for _, h in kept])
@@ -196,7 +309,7 @@ def read_dicom_series(files, name: str, pixel_spacing_mm: float | None = None) -
         neighbours = np.concatenate([[gaps[0]], (gaps[:-1] + gaps[1:]) / 2, [gaps[-1]]])
         thickness = neighbours if orientation[2, 1] == 1 else neighbours[::-1]  # the model's slices go up (S)
     return Scan(name, "volume", hu, (float(zooms[1]), float(zooms[0])), thickness, affine, orientation,
-                str(kept[0][0].parent), notes, [path for path, _ in kept], grid)
+                str(kept[0][0].parent), notes, [path for path, _ in kept], grid, no_seg=no_seg)
 
 
 
@@ -222,8 +335,21 @@ def read_image_slice(path) -> Scan:
     if is_dicom(path):
         import pydicom
 
-        spacing = dicom_pixel_spacing(pydicom.dcmread(path, stop_before_pixels=True), path, notes=notes)
-    return Scan(path.name, "slice", read_slice(path)[None], spacing, source=str(path), notes=notes)
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        bits = int(header.get("BitsStored") or 16)
+        if bits <= 8:
+            raise LungsegError(f"{path}: {bits}-bit pixels (BitsStored {bits}: a lossy or screen export), which cannot "
+                               "hold Hounsfield units (HU). Export the slice as the scanner wrote it (16-bit).")
+        spacing = dicom_pixel_spacing(header, path, notes=notes)
+    hu = read_slice(path)
+    if path.suffix.lower() == ".png":
+        floor = float(np.mean(hu == PNG_HU_OFFSET))
+        if floor > 0.3 and np.mean(hu > -200) < 0.02:  # lung, fat and air all at the floor; tissue as dark as lung
+            raise LungsegError(f"{path}: {floor:.0%} of its pixels are 0 (-1024 HU once read) and almost none is soft "
+                               "tissue: the PNG looks clipped at 0, HU saved without the +1024, so every negative "
+                               "value (lung, fat, air) was lost. Save it again as a 16-bit PNG of HU+1024, e.g. "
+                               "np.clip(hu + 1024, 0, 65535).astype(np.uint16), or as int16 TIFF.")
+    return Scan(path.name, "slice", hu[None], spacing, source=str(path), notes=notes)
 
 
 def series_tag(uid: str) -> str:
@@ -232,10 +358,58 @@ def series_tag(uid: str) -> str:
     return "series" + "".join(ch for ch in uid if ch.isdigit())[-6:]
 
 
+# DICOM objects that are not CT images a user may keep beside a series: passed over with a note.
+NOT_IMAGES = {"SEG": "a DICOM Segmentation", "RTSTRUCT": "an RT structure set", "SR": "a structured report",
+              "RTDOSE": "an RT dose", "RTPLAN": "an RT plan", "KO": "a key-object selection",
+              "PR": "a presentation state", "REG": "a registration", "DOC": "an encapsulated document"}
+
+
+def _passed_over(header) -> str | None:
+    """Why a DICOM file in a folder is no CT image to segment (a SEG, a scout, a dose screen ...), or None."""
+    modality, sop_class = str(header.get("Modality") or ""), str(header.get("SOPClassUID") or "")
+    image_type = [str(v).upper() for v in header.get("ImageType") or []]
+    if modality in NOT_IMAGES:
+        return f"{NOT_IMAGES[modality]} ({modality}), not a CT image"
+    if modality == "CT" and sop_class and sop_class not in CT_IMAGE_STORAGE:
+        return "a secondary capture (a dose screen or a screenshot), not a CT image"
+    if "LOCALIZER" in image_type:
+        return "a localizer (scout), not a cross-section"
+    return None
+
+
+def _with_notes(read, notes):
+    def read_noted():
+        scan = read()
+        scan.notes += notes
+        return scan
+    return read_noted if notes else read
+
+
+def _one_series(singles: list, path) -> list | None:
+    """Single-slice DICOM files, each with its own Series Instance UID, that are one scan: one Frame of
+    Reference, one orientation and size, each at its own position (files as (path, header) pairs); or None."""
+    def key(header):
+        return (str(header.get("FrameOfReferenceUID") or ""),
+                tuple(np.round(np.asarray(header.get("ImageOrientationPatient") or [], float), 3)),
+                header.get("Rows"), header.get("Columns"))
+    keys = {key(h) for _, h in singles}
+    if len(singles) < 3 or len(keys) != 1 or not next(iter(keys))[0] or not next(iter(keys))[1]:
+        return None
+    positions = [tuple(np.round(np.asarray(h.get("ImagePositionPatient") or [np.nan] * 3, float), 2)) for _, h in singles]
+    if any(np.isnan(p).any() for p in positions) or len(set(positions)) != len(positions):
+        return None
+    return singles
+
+
 def find_scans(input_path, series: str | None = None, pixel_spacing_mm: float | None = None, exclude=()) -> list:
     """The scans in ``input_path`` (a slice, a NIfTI file, or a folder, searched with its subfolders, of
     DICOM files, slices or NIfTI files; a CD's DICOMDIR index and the files in ``exclude`` are passed
-    over) as (source, read) pairs: ``read()`` returns a Scan or raises LungsegError naming the file."""
+    over) as (source, read) pairs: ``read()`` returns a Scan or raises LungsegError naming the file.
+
+    In a folder, what is not a CT image to segment (a SEG, RTSTRUCT or SR beside the series, a scout, a
+    dose screen) is passed over with a note, a file read twice (the same SOP Instance UID: a CD copied
+    twice) is read once, and single-slice files that each carry their own series UID but share a Frame
+    of Reference are read as one scan."""
     import pydicom
 
     path = Path(input_path).expanduser()
@@ -245,13 +419,15 @@ def find_scans(input_path, series: str | None = None, pixel_spacing_mm: float | 
     files = [path] if path.is_file() else sorted(
         p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
         and p.resolve() not in exclude)
-    scans, dicoms = [], {}
+    scans, dicoms, passed, instances, duplicates = [], {}, {}, {}, []
     for file in files:
         suffix = file.suffix.lower()
         if file.name.upper() == "DICOMDIR":  # a CD's index of its files, not an image
             continue
         if file.name.lower().endswith(NIFTI_SUFFIXES):
             scans.append((file, lambda file=file: read_nifti(file)))
+        elif file.name.lower().endswith(NRRD_SUFFIXES):
+            scans.append((file, lambda file=file: read_nrrd(file)))
         elif is_dicom(file):
             try:
                 header = pydicom.dcmread(file, stop_before_pixels=True, force=True)
@@ -259,14 +435,24 @@ def find_scans(input_path, series: str | None = None, pixel_spacing_mm: float | 
                 scans.append((file, _refuse(f"{file}: unreadable DICOM ({type(error).__name__}). Re-export it.")))
                 continue
             modality, sop_class = header.get("Modality"), str(header.get("SOPClassUID") or "")
-            if (modality and modality != "CT") or (not modality and sop_class and sop_class not in CT_IMAGE_STORAGE):
-                scans.append((file, _refuse(f"{file}: a {modality or 'non-CT'} image, not CT: the models segment CT in HU.")))
+            why = _passed_over(header)
+            if why and path.is_dir():
+                passed.setdefault(why, []).append(file)
+                continue
+            if why or (modality and modality != "CT") or (not modality and sop_class and sop_class not in CT_IMAGE_STORAGE):
+                what = why or f"a {modality or 'non-CT'} image, not CT"
+                scans.append((file, _refuse(f"{file}: {what}: the models segment CT in HU.")))
                 continue
             if int(header.get("NumberOfFrames") or 1) > 1:
                 scans.append((file, _refuse(f"{file}: an enhanced multi-frame CT ({header.NumberOfFrames} frames in one "
                                             "file), which lungseg does not read: convert it to NIfTI (e.g. dcm2niix) "
                                             "or to single-frame DICOM, and give that.")))
                 continue
+            instance = str(header.get("SOPInstanceUID") or "")
+            if instance and instance in instances:  # the same image twice (a CD copied twice, "IMG0001 (1).dcm")
+                duplicates.append((file, instances[instance]))
+                continue
+            instances[instance] = file
             dicoms.setdefault(str(header.get("SeriesInstanceUID") or "unknown"), []).append((file, header))
         elif suffix in IMAGE_SUFFIXES:
             scans.append((file, lambda file=file: read_image_slice(file)))
@@ -279,10 +465,19 @@ def find_scans(input_path, series: str | None = None, pixel_spacing_mm: float | 
             scans.append((file, _refuse(f"{file}: a {suffix[1:].upper()} image has 8 bits and cannot hold Hounsfield "
                                         "units (HU). Export the CT as DICOM, NIfTI, int16 TIFF or 16-bit PNG (HU+1024).")))
         elif path.is_file():
-            scans.append((file, _refuse(f"{file}: not a CT file lungseg reads (DICOM, NIfTI, TIFF, 16-bit PNG).")))
+            scans.append((file, _refuse(f"{file}: not a CT file lungseg reads (DICOM, NIfTI, NRRD, TIFF, 16-bit PNG).")))
+    notes = [f"{path}: {len(found)} file(s) passed over, {why} (e.g. {found[0].relative_to(path)})."
+             for why, found in passed.items()]
+    if duplicates:
+        notes.append(f"{path}: {len(duplicates)} file(s) hold an image already read (the same SOP Instance UID, e.g. "
+                     f"{duplicates[0][0].relative_to(path)} = {duplicates[0][1].relative_to(path)}): each read once.")
     if series is not None and series not in dicoms:
         raise LungsegError(f"--series {series}: no such series in {path}; found {', '.join(dicoms) or 'no DICOM series'}.")
     volumes = {uid: files for uid, files in dicoms.items() if len(files) > 1}
+    if series is None and not volumes and (joined := _one_series([f for files in dicoms.values() for f in files], path)):
+        notes.append(f"{path}: {len(joined)} DICOM files, each with its own Series Instance UID, share one Frame of "
+                     "Reference and lie at their own positions: read as one scan.")
+        dicoms = volumes = {str(joined[0][1].get("FrameOfReferenceUID")): joined}
     if series is not None or volumes:
         chosen = series or max(volumes, key=lambda uid: len(volumes[uid]))
         name = (path.resolve().name if path.is_dir() else path.stem) or "scan"  # "." is named after its folder
@@ -290,25 +485,20 @@ def find_scans(input_path, series: str | None = None, pixel_spacing_mm: float | 
             name = f"{name}_{series_tag(chosen)}"
         others = [f"{path}: also holds series {uid} ({len(files)} files), not segmented; series={uid!r} "
                   f"(--series {uid}) chooses it." for uid, files in dicoms.items() if uid != chosen]
-
-        def read(files=dicoms[chosen]):
-            scan = read_dicom_series(files, name, pixel_spacing_mm)
-            scan.notes += others
-            return scan
-        scans.append((path, read))
+        scans.append((path, _with_notes(lambda files=dicoms[chosen]: read_dicom_series(files, name, pixel_spacing_mm),
+                                        others)))
     else:  # single DICOM slices, each its own series
         singles = [file for files in dicoms.values() for file, _ in files]
-        note = (f"{path}: {len(singles)} DICOM files, each with its own Series Instance UID: segmented as separate "
-                "slices. If they are one scan, export them as one series (or as NIfTI).") if len(singles) > 2 else None
-
-        def read_single(file, first):
-            scan = read_image_slice(file)
-            scan.notes += [note] if note and first else []
-            return scan
-        scans += [(file, lambda file=file, first=(k == 0): read_single(file, first)) for k, file in enumerate(singles)]
+        if len(singles) > 2:
+            notes.append(f"{path}: {len(singles)} DICOM files, each with its own Series Instance UID and no shared "
+                         "Frame of Reference and positions: segmented as separate slices. If they are one scan, "
+                         "export them as one series (or as NIfTI).")
+        scans += [(file, lambda file=file: read_image_slice(file)) for file in singles]
     if not scans:
-        raise LungsegError(f"{path}: holds no CT files (DICOM, NIfTI, TIFF or 16-bit PNG). Point INPUT at a DICOM "
-                           "series folder, a NIfTI file, or a folder of slices.")
+        found = "; ".join(notes) if notes else ""
+        raise LungsegError(f"{path}: holds no CT files (DICOM, NIfTI, NRRD, TIFF or 16-bit PNG){': ' + found if found else ''}."
+                           " Point INPUT at a DICOM series folder, a NIfTI file, or a folder of slices.")
+    scans[0] = (scans[0][0], _with_notes(scans[0][1], notes))  # said once, with the first scan
     return scans
 
 
@@ -365,9 +555,18 @@ def _outside_air_of_slice(image: np.ndarray, gap_hu: float = 200.0) -> float | N
 def check_air(scan: Scan) -> str | None:
     """Refuse a volume whose outside air reads about 1024 HU off -1000 (naming the fix); return a note
     where it reads otherwise off (a scale), None where it reads as CT air or cannot be found."""
+    try:
+        check_hu(scan.hu, scan.source or scan.name)  # first the plain check: air and tissue at all
+    except LungsegError:
+        air = outside_air_hu(scan.hu)  # values off by 1024 fail it without padding: say the fix, not "convert"
+        if air is not None and abs(air - 24) <= 220:
+            raise LungsegError(f"{scan.source or scan.name}: the air around the patient reads {air:+.0f} HU, where CT "
+                               "air is -1000: the values look like HU+1024 (stored values without the rescale "
+                               "intercept). Subtract 1024 (DICOM: RescaleIntercept -1024; NIfTI: scl_inter -1024; a "
+                               "PNG is read as HU+1024 already) and run again.") from None
+        raise
     if scan.kind != "volume":
         return None
-    check_hu(scan.hu, scan.source or scan.name)  # first the plain check: air and tissue at all
     air = outside_air_hu(scan.hu)
     if air is None or abs(air + 1000) <= 120:
         return None

@@ -14,18 +14,18 @@ import pandas as pd
 from lungseg.anatomy import body_midline, inside_body, keep_lungs, split_lungs  # noqa: F401
 from lungseg.errors import LungsegError
 from lungseg.measuring import IMPLAUSIBLE, NO_LUNG_ML, implausible_lungs, scan_measurements  # noqa: F401
-from lungseg.reading import (MODEL_AXES, NIFTI_SUFFIXES, Scan, check_air, find_scans, from_model_axes,  # noqa: F401
-                             outside_air_hu, read_dicom_series, read_image_slice, read_nifti, read_scan, series_tag,
-                             to_model_axes)
+from lungseg.reading import (MODEL_AXES, NIFTI_SUFFIXES, NotCT, Scan, check_air, find_scans,  # noqa: F401
+                             from_model_axes, outside_air_hu, read_dicom_series, read_image_slice, read_nifti,
+                             read_nrrd, read_scan, series_tag, to_model_axes)
 from lungseg.report import library_versions
 from lungseg.segmenting import prepare_network, segment_scan  # noqa: F401
 from lungseg.writing import LABEL_COLOURS, mask_overlay, write_scan_outputs  # noqa: F401
 
 __all__ = ["predict_scans", "Scan", "MODEL_AXES", "NIFTI_SUFFIXES", "find_scans", "read_scan", "read_nifti",
-           "read_dicom_series", "read_image_slice", "series_tag", "to_model_axes", "from_model_axes", "check_air",
-           "outside_air_hu", "segment_scan", "prepare_network", "keep_lungs", "split_lungs", "body_midline",
-           "inside_body", "scan_measurements", "implausible_lungs", "IMPLAUSIBLE", "NO_LUNG_ML", "write_scan_outputs",
-           "mask_overlay", "LABEL_COLOURS"]
+           "read_dicom_series", "read_image_slice", "read_nrrd", "NotCT", "series_tag", "to_model_axes",
+           "from_model_axes", "check_air", "outside_air_hu", "segment_scan", "prepare_network", "keep_lungs",
+           "split_lungs", "body_midline", "inside_body", "scan_measurements", "implausible_lungs", "IMPLAUSIBLE",
+           "NO_LUNG_ML", "write_scan_outputs", "mask_overlay", "LABEL_COLOURS"]
 
 
 def predict_scans(model, settings: dict, input_path, output_dir, *, threshold: float = 0.5, postprocess: bool = True,
@@ -71,6 +71,10 @@ def predict_scans(model, settings: dict, input_path, output_dir, *, threshold: f
                     log(f"{source}: {rows[-1]['note']}")
                 if str(rows[-1].get("note", "")).startswith(IMPLAUSIBLE):
                     flagged.append(f"{source}: {rows[-1]['note']}")
+            except NotCT as error:  # a mask beside the scan in a folder: said; given alone, a problem
+                if not Path(input_path).expanduser().is_dir():
+                    problems.append(" ".join(str(error).split()))
+                log(("" if Path(input_path).expanduser().is_dir() else "not segmented: ") + " ".join(str(error).split()))
             except LungsegError as error:
                 problems.append(" ".join(str(error).split()))  # one line per input
                 log(f"not segmented: {problems[-1]}")

@@ -48,9 +48,16 @@ def write_scan_outputs(scan: Scan, labels: np.ndarray, outputs, model_name: str 
             affine = scan.affine.copy()
             affine[:3, 2] *= (len(scan.grid) - 1) / scan.grid[-1]  # the mean step -> the series' own step
         image = nib.Nifti1Image(mask, affine)
+        if scan.nifti_forms is not None:  # the input's qform and sform disagree: the mask keeps both, as they were
+            qform, qcode, sform, scode = scan.nifti_forms
+            image.set_qform(qform, int(qcode))
+            image.set_sform(sform, int(scode))
         image.header.set_xyzt_units("mm")
         nib.save(image, mask_path)
-        if scan.source_files:  # (column, row, slice) of the series -> one frame (row, column) per source file
+        if scan.source_files and scan.no_seg:
+            log(f"{scan.source}: no DICOM Segmentation written: {scan.no_seg}; {mask_path.name} holds the labels.")
+            written["dicom_seg"] = ""
+        elif scan.source_files:  # (column, row, slice) of the series -> one frame (row, column) per source file
             from lungseg.dicom import write_dicom_seg
 
             seg_path = outputs.path(f"{name}_seg.dcm")
