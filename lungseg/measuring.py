@@ -19,6 +19,7 @@ from lungseg.reading import Scan
 # and it is flagged, never reported.
 MAX_LUNG_ML, MAX_LUNG_EXTENT_MM, MIN_WHOLE_LUNGS_ML = 12_000.0, 400.0, 150.0
 IMPLAUSIBLE = "not a human lung's size at this voxel size, so not measured"
+UNMEASURED = "no voxel size in the file, so not measured: give the scan as NIfTI or DICOM with its geometry"
 
 
 def implausible_lungs(scan: Scan, labels: np.ndarray, volume_ml: float) -> str | None:
@@ -68,7 +69,7 @@ def scan_measurements(scan: Scan, labels: np.ndarray, pixel_spacing_mm: float | 
             return float((part.sum(axis=(1, 2)) * scan.slice_thickness_mm).sum() * pixel_area / 1000)
         row.update(lung_volume_ml=millilitres(lung), right_volume_ml=millilitres(labels == 1),
                    left_volume_ml=millilitres(labels == 2))
-        implausible = implausible_lungs(scan, labels, row["lung_volume_ml"])
+        implausible = UNMEASURED if not scan.voxel_size_known else implausible_lungs(scan, labels, row["lung_volume_ml"])
         if implausible:  # flagged, never reported as a result
             row.update(lung_volume_ml=np.nan, right_volume_ml=np.nan, left_volume_ml=np.nan, note=implausible)
         elif row["lung_volume_ml"] < NO_LUNG_ML:

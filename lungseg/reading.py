@@ -47,6 +47,7 @@ class Scan:
     grid: np.ndarray | None = None  # a series with missing slices: each file's slice index on the even grid
     nifti_forms: tuple | None = None  # (qform, code, sform, code) of a NIfTI whose two disagree: the mask keeps both
     no_seg: str = ""  # why no DICOM Segmentation can be written for this series, if it cannot
+    voxel_size_known: bool = True  # False: a volume whose voxel size no file gave (segmented, never measured)
 
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -328,6 +329,52 @@ def _refuse(message):
     return read
 
 
+def _tiff_pages(path) -> int:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            return len(tiff.series[0].shape) == 3 and tiff.series[0].shape[0] or 1
+    except Exception:
+        return 1  # read_slice names what is wrong with it
+
+
+def read_tiff_stack(path) -> Scan:
+    """A multi-page TIFF (a stack of slices, as Fiji saves one) as a volume: pages taken as axial slices from
+    the feet up, the patient's right on the image's left (a guess, said). Its voxel size comes from Fiji's
+    metadata (spacing and resolution in mm or microns); without one it is segmented, not measured."""
+    import tifffile
+
+    path, notes = Path(path), []
+    with tifffile.TiffFile(path) as tiff:
+        stack = tiff.series[0].asarray()
+        meta, page = tiff.imagej_metadata or {}, tiff.pages[0]
+        resolution = [page.tags.get(key) for key in ("YResolution", "XResolution")]
+    if stack.ndim != 3 or stack.shape[0] < 2:
+        raise LungsegError(f"{path}: a TIFF of shape {stack.shape}; a stack of CT slices is (pages, rows, columns).")
+    hu = stack.astype(np.float32)
+    check_hu(hu, path)
+    unit = str(meta.get("unit", "")).lower().replace("\\u00b5", "u").replace("µ", "u")
+    per_mm = {"mm": 1.0, "micron": 1000.0, "um": 1000.0, "cm": 0.1}.get(unit)
+    spacing = None
+    if per_mm and meta.get("spacing") and all(r is not None for r in resolution):
+        rows, columns = (r.value[1] / r.value[0] / per_mm for r in resolution)  # pixels per unit -> mm per pixel
+        spacing = (float(rows), float(columns), float(meta["spacing"]) / per_mm)
+    notes.append(f"{path}: a TIFF stack of {len(hu)} pages, taken as axial slices from the feet up, the patient's "
+                 "right on the image's left: right and left (labels 1 and 2) are a guess.")
+    known = spacing is not None and all(0 < v < 50 for v in spacing)
+    if not known:
+        spacing = (1.0, 1.0, 1.0)
+        notes.append(f"{path}: no voxel size (Fiji's spacing and resolution), so the lungs are segmented but not "
+                     "measured. Save the scan as NIfTI or DICOM with its geometry (e.g. dcm2niix from the DICOM).")
+    affine = np.diag([-spacing[1], -spacing[0], spacing[2], 1.0])  # columns to the left, rows to the back, pages up
+    hu_model, zooms, orientation = to_model_axes(hu.transpose(2, 1, 0), affine)
+    scan = Scan(path.stem, "volume", hu_model, (float(zooms[1]), float(zooms[0])), np.full(len(hu), float(zooms[2])),
+                affine, orientation, str(path), notes)
+    scan.voxel_size_known = known
+    return scan
+
+
 def read_image_slice(path) -> Scan:
     """A TIFF, 16-bit PNG or single DICOM slice as a one-slice Scan (DICOM knows its pixel spacing)."""
     path = Path(path)
@@ -454,6 +501,8 @@ def find_scans(input_path, series: str | None = None, pixel_spacing_mm: float | 
                 continue
             instances[instance] = file
             dicoms.setdefault(str(header.get("SeriesInstanceUID") or "unknown"), []).append((file, header))
+        elif suffix in (".tif", ".tiff") and _tiff_pages(file) > 1:
+            scans.append((file, lambda file=file: read_tiff_stack(file)))
         elif suffix in IMAGE_SUFFIXES:
             scans.append((file, lambda file=file: read_image_slice(file)))
         elif suffix == ".zip":
@@ -558,6 +607,8 @@ def check_air(scan: Scan) -> str | None:
     try:
         check_hu(scan.hu, scan.source or scan.name)  # first the plain check: air and tissue at all
     except LungsegError:
+        if scan.hu.dtype in (np.uint8, np.int8, bool) or float(np.max(scan.hu)) < 600:
+            raise  # 8 bits, or no tissue above +600 (HU+1024 puts soft tissue near +1064)
         air = outside_air_hu(scan.hu)  # values off by 1024 fail it without padding: say the fix, not "convert"
         if air is not None and abs(air - 24) <= 220:
             raise LungsegError(f"{scan.source or scan.name}: the air around the patient reads {air:+.0f} HU, where CT "

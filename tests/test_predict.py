@@ -90,7 +90,7 @@ def test_a_dicom_series_with_slope_intercept_shuffled_files_and_a_localizer(comm
     write_dicom_series([slices[0]], series, orientation=(1, 0, 0, 0, 0, -1), series_uid="1.2.3.4",
                        image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"), file_names=["scout.dcm"])
     table, said = _said(committed, series, tmp_path / "out")
-    assert "scout.dcm: a localizer (scout)" in said and "left out" in said
+    assert "1 file(s) passed over, a localizer (scout), not a cross-section (e.g. scout.dcm)" in said
     row = table.iloc[0]
     assert row.kind == "volume" and row.slices == 6 and row.slice_spacing_mm == pytest.approx(2.5)
     labels = np.asanyarray(nib.load(tmp_path / "out" / "series_mask.nii.gz").dataobj)
@@ -217,7 +217,7 @@ def test_a_one_slice_series_is_segmented_as_a_slice(committed, slices, tmp_path)
     write_dicom_series(slices[1:2], tmp_path / "one", series_uid="1.2.9", file_names=["scout.dcm"],
                        image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
     table, said = _said(committed, tmp_path / "one", tmp_path / "out")
-    assert "a series of one slice: segmented as a slice" in said
+    assert "1 file(s) passed over, a localizer (scout)" in said  # the scout; the one slice left is a slice
     assert table.kind[0] == "slice" and table.area_mm2[0] == pytest.approx(table.lung_pixels[0] * 0.25)
     assert (tmp_path / "out" / "slice_000.dcm_mask.png").is_file()
 
@@ -248,7 +248,8 @@ def test_scans_not_in_hu_are_refused_not_segmented_to_nothing(committed, slices,
     raw = np.stack(slices[:2], axis=-1).transpose(1, 0, 2).astype(np.float32) + 1024  # scanner values, no intercept
     nib.save(nib.Nifti1Image(raw.clip(0, None), np.diag([-0.8, -0.8, 5.0, 1.0])), tmp_path / "raw.nii")
     table = _predict(committed, tmp_path / "raw.nii", tmp_path / "out")
-    assert len(table) == 0 and "do not look like a CT slice in HU" in table.attrs["problems"][0]
+    assert len(table) == 0 and "the values look like HU+1024" in table.attrs["problems"][0]  # the fix, not "convert"
+    assert "Subtract 1024" in table.attrs["problems"][0] and "if it is a PNG" not in table.attrs["problems"][0]
     assert "raw.nii" in table.attrs["problems"][0]
 
 

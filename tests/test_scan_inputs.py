@@ -215,3 +215,23 @@ def test_a_png_clipped_at_0_is_refused_with_the_fix(committed, real_data, real_n
     assert table.name.tolist() == ["right.png"] and table.iloc[-1].lung_pixels > 10_000
     assert len(table.attrs["problems"]) == 1 and "clipped.png" in table.attrs["problems"][0]
     assert "looks clipped at 0, HU saved without the +1024" in table.attrs["problems"][0]
+
+
+def test_a_multi_page_tiff_is_read_as_a_volume_and_measured_only_with_its_voxel_size(committed, cip_series,
+                                                                                     reference_ml, tmp_path):
+    import tifffile
+
+    scan = scans.find_scans(cip_series)[0][1]()  # hu[slice, row, column], slices from the feet up
+    rows, columns = scan.pixel_spacing_mm
+    tifffile.imwrite(tmp_path / "fiji.tif", scan.hu.astype(np.float32), imagej=True,
+                     resolution=(1 / columns, 1 / rows), metadata={"spacing": float(scan.slice_thickness_mm[0]),
+                                                                  "unit": "mm"})
+    table, said = _predict(committed, tmp_path / "fiji.tif", tmp_path / "out")
+    assert table.attrs["problems"] == [] and table.attrs["flagged"] == []
+    assert "a TIFF stack of 79 pages, taken as axial slices from the feet up" in said
+    assert table.iloc[-1].lung_volume_ml == pytest.approx(reference_ml, rel=0.01)
+    tifffile.imwrite(tmp_path / "plain.tif", scan.hu.astype(np.int16))  # no voxel size: segmented, not measured
+    table, said = _predict(committed, tmp_path / "plain.tif", tmp_path / "plain")
+    assert len(table.attrs["flagged"]) == 1 and np.isnan(table.iloc[-1].lung_volume_ml)
+    assert table.iloc[-1].note.startswith("no voxel size in the file, so not measured")
+    assert (tmp_path / "plain" / "plain_mask.nii.gz").is_file() and table.iloc[-1].lung_pixels > 10_000
