@@ -197,3 +197,41 @@ def _bounding_box(mask: np.ndarray) -> tuple:
         present = np.flatnonzero(np.any(mask, axis=axes))
         ranges.append(slice(int(present[0]), int(present[-1]) + 1))
     return tuple(ranges)
+
+
+def _lung_on_edge(hu: np.ndarray, lung: np.ndarray, dark_hu: float = -500.0, min_share: float = 0.5) -> int:
+    """Pixels of one slice where lung runs onto the edge of the field of view: the image's border, or the
+    padding outside a round field of view. Lung here is a dark region (below ``dark_hu``) that is mostly
+    the mask; in a chest held whole, the chest wall lies between every lung and the edge."""
+    hu = np.asarray(hu, np.float32)
+    padding = hu == hu.min()
+    if padding.mean() < 0.01:  # a constant fill outside the field of view, or none
+        padding[:] = False
+    edge = padding.copy()
+    edge[[0, -1], :], edge[:, [0, -1]] = True, True
+    if padding.any():
+        edge = ndimage.binary_dilation(edge) & ~padding  # the pixels beside the padding
+    dark = (hu < dark_hu) & ~padding
+    regions, count = ndimage.label(dark)
+    if not count:
+        return 0
+    lung_like = np.bincount(regions[lung & dark], minlength=count + 1) >= min_share * np.bincount(
+        regions.ravel(), minlength=count + 1)
+    lung_like[0] = False
+    return int(np.count_nonzero(lung_like[regions] & edge))
+
+
+def field_of_view_cut_mm2(scan: Scan, lung: np.ndarray, margin_px: int = 3) -> float:
+    """How much of the lungs in lung[slice, row, column] the field of view cuts, in mm² of lung on its edge
+    (summed over slices: edge length x slice spacing). 0 for lungs held whole in every slice. Only the slices
+    whose lung comes within ``margin_px`` of the border, or that hold padding, are looked at. (The top and
+    bottom of a scan are not its field of view: lungs cut there are measured and noted.)"""
+    if scan.kind != "volume" or not np.any(lung):
+        return 0.0
+    area, pixel_mm = 0.0, float(np.mean(scan.pixel_spacing_mm))
+    for k in np.flatnonzero(lung.any(axis=(1, 2))):
+        rows, columns = np.flatnonzero(lung[k].any(axis=1)), np.flatnonzero(lung[k].any(axis=0))
+        near = min(rows[0], columns[0], lung.shape[1] - 1 - rows[-1], lung.shape[2] - 1 - columns[-1]) < margin_px
+        if near or scan.hu[k].min() < -1500:
+            area += _lung_on_edge(scan.hu[k], lung[k]) * pixel_mm * float(scan.slice_thickness_mm[k])
+    return area

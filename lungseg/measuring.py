@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lungseg.anatomy import _bounding_box
+from lungseg.anatomy import _bounding_box, field_of_view_cut_mm2
 from lungseg.reading import Scan
 
 
@@ -49,6 +49,23 @@ def implausible_lungs(scan: Scan, labels: np.ndarray, volume_ml: float) -> str |
     return f"{IMPLAUSIBLE}: {why}; {check}. Re-export the scan with its geometry (e.g. dcm2niix)."
 
 
+CUT_FIELD_OF_VIEW = "the field of view cuts the lungs, so not measured"
+MIN_CUT_MM2 = 100.0  # lung on the field of view's edge over at least 1 cm² (e.g. 10 mm along it on 10 mm of slices)
+
+
+def field_of_view_cut(scan: Scan, labels: np.ndarray) -> str | None:
+    """Why the lungs are not whole in the scan's field of view (lung runs onto its edge over a real length), or None.
+    In a chest held whole, the chest wall lies between each lung and the image's edge; on the Kaggle slices this
+    rule fires on none of 217 whole slices and on all 217 cut through both lungs, and not when the cut runs
+    through the chest wall (8 pixels outside the lung)."""
+    area = field_of_view_cut_mm2(scan, labels > 0)
+    if area < MIN_CUT_MM2:
+        return None
+    return (f"{CUT_FIELD_OF_VIEW}: lung runs onto the edge of the image over {area / 100:,.1f} cm², so part of it lies "
+            "outside the scan. The mask shows what the scan holds; for volumes, reconstruct the scan with a field of "
+            "view that holds the whole chest.")
+
+
 NO_LUNG_ML = 20.0  # less lung than this in a volume: "no lungs found"
 
 
@@ -69,7 +86,8 @@ def scan_measurements(scan: Scan, labels: np.ndarray, pixel_spacing_mm: float | 
             return float((part.sum(axis=(1, 2)) * scan.slice_thickness_mm).sum() * pixel_area / 1000)
         row.update(lung_volume_ml=millilitres(lung), right_volume_ml=millilitres(labels == 1),
                    left_volume_ml=millilitres(labels == 2))
-        implausible = UNMEASURED if not scan.voxel_size_known else implausible_lungs(scan, labels, row["lung_volume_ml"])
+        implausible = UNMEASURED if not scan.voxel_size_known else (
+            implausible_lungs(scan, labels, row["lung_volume_ml"]) or field_of_view_cut(scan, labels))
         if implausible:  # flagged, never reported as a result
             row.update(lung_volume_ml=np.nan, right_volume_ml=np.nan, left_volume_ml=np.nan, note=implausible)
         elif row["lung_volume_ml"] < NO_LUNG_ML:

@@ -13,7 +13,8 @@ import pandas as pd
 
 from lungseg.anatomy import body_midline, inside_body, keep_lungs, split_lungs  # noqa: F401
 from lungseg.errors import LungsegError
-from lungseg.measuring import IMPLAUSIBLE, NO_LUNG_ML, UNMEASURED, implausible_lungs, scan_measurements  # noqa: F401
+from lungseg.measuring import (CUT_FIELD_OF_VIEW, IMPLAUSIBLE, NO_LUNG_ML, UNMEASURED, implausible_lungs,  # noqa: F401
+                               scan_measurements)
 from lungseg.reading import (MODEL_AXES, NIFTI_SUFFIXES, NotCT, Scan, check_air, find_scans,  # noqa: F401
                              from_model_axes, outside_air_hu, read_dicom_series, read_image_slice, read_nifti,
                              read_nrrd, read_scan, series_tag, to_model_axes)
@@ -69,7 +70,7 @@ def predict_scans(model, settings: dict, input_path, output_dir, *, threshold: f
                              "input": str(Path(source).resolve())})
                 if "note" in rows[-1]:
                     log(f"{source}: {rows[-1]['note']}")
-                if str(rows[-1].get("note", "")).startswith((IMPLAUSIBLE, UNMEASURED)):
+                if str(rows[-1].get("note", "")).startswith((IMPLAUSIBLE, UNMEASURED, CUT_FIELD_OF_VIEW)):
                     flagged.append(f"{source}: {rows[-1]['note']}")
             except NotCT as error:  # a mask beside the scan in a folder: said; given alone, a problem
                 if not Path(input_path).expanduser().is_dir():

@@ -235,3 +235,19 @@ def test_a_multi_page_tiff_is_read_as_a_volume_and_measured_only_with_its_voxel_
     assert len(table.attrs["flagged"]) == 1 and np.isnan(table.iloc[-1].lung_volume_ml)
     assert table.iloc[-1].note.startswith("no voxel size in the file, so not measured")
     assert (tmp_path / "plain" / "plain_mask.nii.gz").is_file() and table.iloc[-1].lung_pixels > 10_000
+
+
+# ------------------------------------------------------------------------------------ a field of view that cuts lung
+def test_a_field_of_view_that_cuts_the_lungs_is_flagged_not_measured(committed, cip_volume, reference_ml, tmp_path):
+    data, affine = cip_volume  # axis 0 runs from the patient's right to left
+    nib.save(nib.Nifti1Image(data, affine), tmp_path / "whole.nii.gz")
+    cropped = affine.copy()
+    cropped[:3, 3] = affine[:3, :3] @ [8, 0, 0] + affine[:3, 3]  # columns 8..55: both lungs cut at their sides
+    nib.save(nib.Nifti1Image(data[8:56], cropped), tmp_path / "cut.nii.gz")
+    table, said = _predict(committed, tmp_path, tmp_path / "out")
+    rows = table.set_index("name")
+    assert rows.loc["whole"].lung_volume_ml == pytest.approx(reference_ml, rel=0.01)  # the chest held whole: measured
+    assert np.isnan(rows.loc["cut"].lung_volume_ml) and rows.loc["cut"].note.startswith(
+        "the field of view cuts the lungs, so not measured: lung runs onto the edge of the image over")
+    assert table.attrs["flagged"] == [f"{tmp_path / 'cut.nii.gz'}: {rows.loc['cut'].note}"]
+    assert (tmp_path / "out" / "cut_mask.nii.gz").is_file() and rows.loc["cut"].lung_pixels > 1000  # the mask is kept
