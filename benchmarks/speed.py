@@ -157,7 +157,7 @@ def own_scan(data_dir: Path, slices: int = 133) -> dict:
     import nibabel as nib
 
     import lungseg_utils as lu
-    from lungseg import scans
+    from lungseg import scans, segmenting
 
     model, record = lu.load_trained_model(REPO_ROOT / "models" / "resunet.keras")
     files = sorted((data_dir / "2d_images").glob("*.tif"))[:slices]
@@ -180,9 +180,8 @@ def own_scan(data_dir: Path, slices: int = 133) -> dict:
                                                        log=lambda line: None))
         segment_s, _ = timed(lambda: scans.segment_scan(model, scan, record))
         batch = np.stack([lu.preprocess_slice(h, record["img_size"], record["hu_min"], record["hu_max"]) for h in hu])[..., None]
-        network = getattr(scans, "_network", lambda _: None)(model)  # (None in the code before it)
-        traced_s, _ = timed(lambda: [network(batch[i:i + 8]).numpy() for i in range(0, len(batch), 8)], 5) if network \
-            else (None, None)
+        network = segmenting._network(model)  # the own-scan path's traced forward pass
+        traced_s, _ = timed(lambda: [network(batch[i:i + 8]).numpy() for i in range(0, len(batch), 8)], 5)
         predict_s, _ = timed(lambda: [model.predict(batch[i:i + 32], batch_size=8, verbose=0)
                                       for i in range(0, len(batch), 32)], 5)
     rate = lambda seconds: round(len(hu) / seconds, 1) if seconds else None  # noqa: E731

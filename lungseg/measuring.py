@@ -96,10 +96,28 @@ def scan_measurements(scan: Scan, labels: np.ndarray, pixel_spacing_mm: float | 
             found, missing = ("right", "left") if row["left_volume_ml"] == 0 else ("left", "right")
             row["note"] = (f"one lung found, the {found}; the {missing} lung is 0 mL (after a pneumonectomy, a "
                            f"collapsed lung, or a scan of one side): check the mask")
-    inside = scan.hu[lung].astype(np.float64)
-    percentiles = np.percentile(inside, [5, 15, 95]) if inside.size else [np.nan] * 3
-    row.update(mean_hu=inside.mean() if inside.size else np.nan, pd05_hu=percentiles[0], pd15_hu=percentiles[1],
+    inside = scan.hu[lung]
+    mean, percentiles = _density(inside) if inside.size else (np.nan, [np.nan] * 3)
+    row.update(mean_hu=mean, pd05_hu=percentiles[0], pd15_hu=percentiles[1],
                pd95_hu=percentiles[2], laa950_percent=100 * np.mean(inside < -950) if inside.size else np.nan,
                pixel_spacing_mm=" x ".join(f"{v:g}" for v in spacing) if spacing else "unknown",
                slice_spacing_mm=float(np.mean(scan.slice_thickness_mm)) if scan.kind == "volume" else np.nan)
     return row
+
+
+def _density(values: np.ndarray, quantiles=(5, 15, 95)) -> tuple:
+    """The mean and percentiles (numpy's linear method) of the lung's HU. Whole-number HU, as scanners store
+    them, are counted instead of sorted: the same numbers, several times faster on millions of voxels."""
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if not (high - low < 1e5 and np.array_equal(values, np.rint(values))):
+        return float(np.mean(values, dtype=np.float64)), np.percentile(values.astype(np.float64), quantiles)
+    counts = np.bincount((values - low).astype(np.int64))
+    offsets = np.arange(len(counts), dtype=np.float64) + low
+    ends = np.cumsum(counts)
+    positions = np.asarray(quantiles, np.float64) / 100 * (values.size - 1)
+    below = np.floor(positions)
+    lower = offsets[np.searchsorted(ends, below, side="right")]  # the sorted values at floor and floor + 1
+    upper = offsets[np.searchsorted(ends, np.minimum(below + 1, values.size - 1), side="right")]
+    fraction = positions - below
+    percentiles = np.where(fraction >= 0.5, upper - (upper - lower) * (1 - fraction), lower + (upper - lower) * fraction)
+    return float(counts @ offsets / values.size), percentiles
