@@ -11,7 +11,8 @@ reference lung mask from another tool, voxel by voxel in world coordinates (each
 affine; the reference is taken onto the mask's grid by nearest neighbour). Per volume and model:
 volumetric Dice on the slices where the reference has lung, lung mL (ours and the reference's),
 "lung" in mL on slices where the reference has none, LAA-950 and PD15 inside each mask on the
-same CT, and the time. These volumes judge; nothing is ever trained or tuned on them.
+same CT, and the time. Nothing is ever trained on these volumes; they have served as a validation set
+(the gas pockets were adopted on them), and volumes kept apart from this repository are the test.
 
 Writes ``benchmarks/results/external[-LABEL].json`` and, per volume, a picture of one slice with
 both masks (``external[-LABEL]-<volume>.png``).

@@ -320,7 +320,8 @@ def external_section(external: dict, before: dict | None) -> list[str]:
              "collections, compared voxel by voxel in world coordinates with each volume's reference lung mask from "
              "another tool. Dice on the slices where the reference has lung; \"false lung\": what is found on slices "
              "where the reference has none. LAA-950 (% of lung voxels below -950 HU) and PD15 inside each mask on the "
-             "same CT. These volumes are never trained or tuned on.", "",
+             "same CT. These volumes are never trained on; they served as a validation set (the gas pockets were "
+             "adopted on them), and volumes kept apart from this repository judge as the test.", "",
              "| volume | model | Dice | lung mL found / reference | false lung mL | LAA-950 % found / reference "
              "| PD15 HU found / reference | s | targets |", "|---|---|---|---|---|---|---|---|---|"]
     rows = [(external, "")] + ([(before, " (previous)")] if before else [])
@@ -505,7 +506,8 @@ those files disagree. Run the commands after `bash scripts/setup.sh`, with `.ven
 
 **Two measurements decide, together.** CT volumes from other collections (`benchmarks/external.py`,
 about 20 s on 2 CPU cores): the own-scan path on real volumes from other scanners, against other
-tools' lung masks; never trained or tuned on. And a 5-fold cross-validation over the Kaggle slices
+tools' lung masks; never trained on, but a validation set (the gas pockets were adopted on them; volumes
+kept apart from this repository are the test). And a 5-fold cross-validation over the Kaggle slices
 (`benchmarks/crossval.py`, about 45 minutes on 2 CPU cores): every slice tested exactly once, by models
 that never trained or validated on it, so a choice between two settings rests on 217 paired slices,
 not on the notebooks' 33 test slices. The Kaggle slices all come from one collection: no score on
