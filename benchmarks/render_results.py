@@ -464,6 +464,33 @@ def teaching_split(folder: Path, intro: str) -> list[str]:
 
 
 PREVIOUS = RESULTS / "previous-defaults"
+SEED_SCORES = [  # (key in seeds.py's flat scores, column title, digits)
+    ("teaching_test_dice", "teaching split Dice", 4), ("cip_dice", "COPD chest Dice", 3),
+    ("cip_laa950_points", "COPD LAA-950 error, points", 2), ("example_ct_dice", "lung bases Dice", 3),
+    ("example_ct_false_lung_ml", "colon gas called lung, mL", 1), ("upper_abdomen_lung_ml", "abdomen, no lung: mL", 1),
+    ("pathology_cip_kept_min", "COPD chest: least-kept lesion", 2), ("pathology_cip_dice_min", "COPD chest: lowest Dice", 3),
+    ("pathology_kaggle_kept_min", "Kaggle held-out: least-kept lesion", 2),
+    ("pathology_kaggle_dice_min", "Kaggle held-out: lowest Dice", 3)]
+
+
+def seeds_section(runs: list[dict]) -> list[str]:
+    """Designs decided over training seeds (benchmarks/seeds.py): per design, each score's mean and range."""
+    lines = ["Each design's Residual U-Net trained with several seeds at the defaults' settings (25 epochs, 256 px) and "
+             "scored on the volumes from other collections, the pathology benchmark and the teaching split "
+             "(`benchmarks/seeds.py`). Mean over the seeds, and in brackets the range (max - min): a difference "
+             "smaller than the range is not evidence.", "",
+             "| design | seeds | " + " | ".join(title for _, title, _ in SEED_SCORES) + " |",
+             "|---|---|" + "---|" * len(SEED_SCORES)]
+    for run in runs:
+        summary = run["summary"]
+        cells = []
+        for key, _, digits in SEED_SCORES:
+            entry = summary.get(key) or {}
+            cells.append("n/a" if entry.get("mean") is None else
+                         f"{entry['mean']:.{digits}f} ({entry['range']:.{digits}f})")
+        lines.append(f"| {run['label']} | {', '.join(map(str, run['seeds']))} | " + " | ".join(cells) + " |")
+    lines += ["", "Measured with:", ""] + [f"    {run['command']}  # {run['device']}, {run['date']}" for run in runs]
+    return lines + [""]
 
 
 def render() -> str:
@@ -479,6 +506,10 @@ def render() -> str:
         lines += ["## Diseased lung: lesions written into real lungs", ""] + pathology_section(
             json.loads((RESULTS / "pathology.json").read_text()),
             json.loads(before.read_text()) if before.is_file() else None, candidates)
+    seed_runs = sorted(RESULTS.glob("seeds*.json"), key=lambda p: (p.stem != "seeds", p.stem))
+    if seed_runs:
+        lines += ["## Designs decided over training seeds", ""] + seeds_section([json.loads(p.read_text())
+                                                                                 for p in seed_runs])
     if (RESULTS / "cv.json").is_file():
         cv = json.loads((RESULTS / "cv.json").read_text())
         ablations = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("cv-*.json"))]
