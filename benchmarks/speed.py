@@ -172,7 +172,7 @@ def own_scan(data_dir: Path, slices: int = 133) -> dict:
         if done.returncode:
             raise SystemExit(f"predict.sh failed:\n{done.stderr[-3000:]}")
         start_up = re.search(r"start-up ([\d.]+) s", done.stdout)
-        segmenting = re.search(r"in ([\d.]+) s \(", done.stdout)
+        segmenting_s = re.search(r"in ([\d.]+) s \(", done.stdout)
         scan = scans.read_scan(scan_path)
         scans.segment_scan(model, scan, record)  # warm-up: the network's one trace
         runs = iter(range(10))
@@ -187,7 +187,7 @@ def own_scan(data_dir: Path, slices: int = 133) -> dict:
     rate = lambda seconds: round(len(hu) / seconds, 1) if seconds else None  # noqa: E731
     return {"slices": len(hu), "size": list(hu[0].shape), "model": "resunet",
             "predict_sh": {"wall_s": round(wall, 1), "start_up_s": float(start_up.group(1)) if start_up else None,
-                           "segmenting_s": float(segmenting.group(1)) if segmenting else None},
+                           "segmenting_s": float(segmenting_s.group(1)) if segmenting_s else None},
             "slices_per_s": {"predict_scans: reading to files (start-up apart)": rate(whole_s),
                              "segment_scan: the slices and the 3D step": rate(segment_s),
                              "the network alone, one traced call per batch of 8 (the path's)": rate(traced_s),
