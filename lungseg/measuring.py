@@ -58,7 +58,7 @@ def field_of_view_cut(scan: Scan, labels: np.ndarray) -> str | None:
     In a chest held whole, the chest wall lies between each lung and the image's edge; on the Kaggle slices this
     rule fires on none of 217 whole slices and on all 217 cut through both lungs, and not when the cut runs
     through the chest wall (8 pixels outside the lung)."""
-    area = field_of_view_cut_mm2(scan, labels > 0)
+    area = max(field_of_view_cut_mm2(scan, labels > 0), scan.cut_mm2)  # cut_mm2: what the 3D step dropped
     if area < MIN_CUT_MM2:
         return None
     return (f"{CUT_FIELD_OF_VIEW}: lung runs onto the edge of the image over {area / 100:,.1f} cm², so part of it lies "

@@ -96,8 +96,9 @@ def main(argv=None) -> int:
     print(f"segmented {table.attrs['segmented']} scan(s), {slices} slices, in {seconds:.1f} s{rate} "
           f"into {Path(args.output_dir).resolve()}"
           + (f"; {len(problems)} input(s) could not be used (listed above)" if problems else "")
-          + (f"; {len(flagged)} scan(s) segmented but not measured: no voxel size, or lungs that cannot be a "
-             "human's at theirs (listed above; the note column says what to check)" if flagged else ""))
+          + (f"; {len(flagged)} scan(s) segmented but not measured: no voxel size, lungs that cannot be a human's "
+             "at theirs, or a field of view that cuts them (listed above; the note column says what to check)"
+             if flagged else ""))
     return 1 if problems or flagged else 0
 
 

@@ -48,6 +48,7 @@ class Scan:
     nifti_forms: tuple | None = None  # (qform, code, sform, code) of a NIfTI whose two disagree: the mask keeps both
     no_seg: str = ""  # why no DICOM Segmentation can be written for this series, if it cannot
     voxel_size_known: bool = True  # False: a volume whose voxel size no file gave (segmented, never measured)
+    cut_mm2: float = 0.0  # lung on the field of view's edge in the network's masks, where the 3D step dropped it all
 
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")

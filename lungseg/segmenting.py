@@ -10,7 +10,8 @@ import weakref
 
 import numpy as np
 
-from lungseg.anatomy import body_midline, keep_lungs, split_lungs
+from lungseg.anatomy import body_midline, field_of_view_cut_mm2, keep_lungs, split_lungs
+from lungseg.measuring import NO_LUNG_ML
 from lungseg.checks import check_settings
 from lungseg.reading import Scan
 from lungseg_utils import check_hu, clean_mask, preprocess_slice, resize_image
@@ -65,4 +66,8 @@ def segment_scan(model, scan: Scan, settings: dict, threshold: float = 0.5, post
     if scan.kind == "slice":
         return masks
     lungs = keep_lungs(masks, scan) if postprocess else masks
+    voxel_ml = np.prod(scan.pixel_spacing_mm) * scan.slice_thickness_mm / 1000
+    if postprocess and float(lungs.sum(axis=(1, 2)) @ voxel_ml) < NO_LUNG_ML:
+        # all lung dropped: lungs cut by a round field of view open onto its padding, "outside the body"
+        scan.cut_mm2 = field_of_view_cut_mm2(scan, masks > 0)
     return split_lungs(lungs, body_midline(scan.hu, lungs))

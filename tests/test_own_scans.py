@@ -471,7 +471,8 @@ def test_predict_sh_exits_non_zero_when_a_scan_is_flagged(cip_chest, tmp_path):
     _nifti(tmp_path, "pngs", data, np.eye(4))
     done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "predict.sh"), str(tmp_path / "pngs.nii.gz"),
                            str(tmp_path / "out"), "--no-progress"], capture_output=True, text=True)
-    assert done.returncode == 1 and "1 scan(s) not measured" in done.stdout and scans.IMPLAUSIBLE in done.stderr
+    assert done.returncode == 1 and "1 scan(s) segmented but not measured" in done.stdout
+    assert scans.IMPLAUSIBLE in done.stderr
     assert "start-up" in done.stdout and "79 slices, in" in done.stdout  # start-up said apart from the scan's time
 
 

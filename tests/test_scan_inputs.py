@@ -251,3 +251,17 @@ def test_a_field_of_view_that_cuts_the_lungs_is_flagged_not_measured(committed, 
         "the field of view cuts the lungs, so not measured: lung runs onto the edge of the image over")
     assert table.attrs["flagged"] == [f"{tmp_path / 'cut.nii.gz'}: {rows.loc['cut'].note}"]
     assert (tmp_path / "out" / "cut_mask.nii.gz").is_file() and rows.loc["cut"].lung_pixels > 1000  # the mask is kept
+
+
+def test_a_round_field_of_view_that_cuts_the_lungs_is_flagged_not_called_lung_free(committed, cip_volume, tmp_path):
+    data, affine = cip_volume
+    x, y = np.mgrid[: data.shape[0], : data.shape[1]]
+    for radius in (40, 26):  # padding (-3024) outside a disc: wider than the chest, then through both lungs
+        disc = (x - (data.shape[0] - 1) / 2) ** 2 + (y - (data.shape[1] - 1) / 2) ** 2 <= radius**2
+        nib.save(nib.Nifti1Image(np.where(disc[:, :, None], data, -3024).astype(np.int16), affine),
+                 tmp_path / f"disc{radius}.nii.gz")
+    table, _ = _predict(committed, tmp_path, tmp_path / "out")
+    rows = table.set_index("name")
+    assert rows.loc["disc40"].lung_volume_ml > 4000 and not isinstance(rows.loc["disc40"].note, str)
+    assert rows.loc["disc26"].note.startswith("the field of view cuts the lungs, so not measured")  # not "no lungs"
+    assert len(table.attrs["flagged"]) == 1
