@@ -146,14 +146,6 @@ def to_standard_hu(image, calibration: dict) -> np.ndarray:
 # ======================================== from notebooks/02_preprocess.py
 
 
-def check_img_size(img_size) -> int:
-    """The U-Nets halve the resolution four times, so the input size must be a multiple of 16."""
-    if not isinstance(img_size, (int, np.integer)) or img_size < 16 or img_size % 16:
-        raise LungsegError(f"IMG_SIZE={img_size!r} cannot be used: the models halve the resolution 4 times, so it "
-                           "must be a positive multiple of 16 (e.g. 128, 256, 384, 512).")
-    return int(img_size)
-
-
 def window_hu(image: np.ndarray, hu_min: float, hu_max: float) -> np.ndarray:
     """Clip HU to [hu_min, hu_max] and scale linearly to [0, 1] (float32). With (-1000, 400), the
     padding outside the scanner's field of view (below -2000) becomes air."""
@@ -402,8 +394,9 @@ def overlap_scores(truth: np.ndarray, prediction: np.ndarray) -> dict:
 
 
 def hd95(truth: np.ndarray, prediction: np.ndarray, spacing_mm: float = 1.0) -> float:
-    """95th percentile of the distances from each mask's boundary pixels to the other's boundary, in
-    mm (both empty: 0; one empty: inf)."""
+    """95th percentile of the distances from each mask's boundary pixels to the other's boundary, both
+    directions pooled (medpy's convention; MONAI takes the larger of the two directed 95th percentiles),
+    in mm (both empty: 0; one empty: inf)."""
     truth, prediction = truth.astype(bool), prediction.astype(bool)
     if not truth.any() or not prediction.any():
         return 0.0 if truth.any() == prediction.any() else float("inf")

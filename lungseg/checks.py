@@ -27,6 +27,14 @@ def available_memory_gb() -> float | None:
     return None
 
 
+def check_img_size(img_size) -> int:
+    """The U-Nets halve the resolution four times, so the input size must be a multiple of 16."""
+    if isinstance(img_size, bool) or not isinstance(img_size, numbers.Integral) or img_size < 16 or img_size % 16:
+        raise LungsegError(f"IMG_SIZE={img_size!r} cannot be used: the models halve the resolution 4 times, so it "
+                           "must be a positive multiple of 16 (e.g. 128, 256, 384, 512).")
+    return int(img_size)
+
+
 def check_training_settings(epochs, batch_size, img_size, base_filters, learning_rate=1e-3, dice_weight=1.0) -> None:
     """EPOCHS, BATCH_SIZE, BASE_FILTERS: whole numbers >= 1; LEARNING_RATE > 0; DICE_WEIGHT >= 0;
     and, on a CPU, a batch whose estimated memory fits in 80% of the memory available."""
@@ -123,7 +131,8 @@ def choose_models_dir(models_dir: str, output_dir, names: list, repo_root):
     trained = Path(output_dir) / "models"
     if all((trained / f"{name}.keras").is_file() for name in names):
         return trained
-    print(f"No trained models in {repo_path(trained)}: using the committed ones in {repo_path(Path(repo_root) / 'models')}.")
+    print(f"Models: the committed ones in {repo_path(Path(repo_root) / 'models')} ({repo_path(trained)} holds no "
+          "trained pair of them; 03 and 04 make one).")
     return Path(repo_root) / "models"
 
 

@@ -19,38 +19,24 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lungseg/lungseg/blob/main/notebooks/01_download.ipynb)
 #
 # We use Kevin Mader's *Finding and Measuring Lungs in CT Data* (Kaggle `kmader/finding-lungs-in-ct-data`):
-# 267 axial chest CT slices of 512x512 pixels, stored as int16 **Hounsfield units** (HU: air is
-# -1000, water 0, cortical bone above +1000), each with a manual lung mask (0 = background, 255 = lung).
+# 267 axial chest CT slices of 512x512 pixels, stored as int16 **Hounsfield units** (HU: air is -1000,
+# water 0, cortical bone about +500 to +1900), each with a manual lung mask (0 = background, 255 = lung).
 # This notebook gets the data, shows how to read a CT slice without losing its HU, and checks every
 # pair before anything is trained on it: a silent data problem (a missing mask, an 8-bit export)
 # ruins everything after it.
-#
-# | `DATA_SOURCE` | what it does |
-# |---|---|
-# | `"auto"` (default) | `DATA_DIR` if it holds data; else `kagglehub`; else the `kaggle` package if you have a token; else synthetic phantoms |
-# | `"kagglehub"` | downloads with `kagglehub`, Kaggle's own client: **no account needed** for this public dataset (into its cache, then copied into `DATA_DIR`) |
-# | `"kaggle"` | downloads with the official `kaggle` package (credentials: `KAGGLE_USERNAME`/`KAGGLE_KEY`, `~/.kaggle/kaggle.json`, or an upload in Colab) |
-# | `"folder"` | uses `DATA_DIR` as it is: `2d_images/` + `2d_masks/`, or `Train/Images`, `Train/Masks`, `Test/Images`, `Test/Masks` |
-# | `"archive"` | extracts `ARCHIVE` (the Kaggle zip, or a folder with `2d_images.zip` and `2d_masks.zip`) into `DATA_DIR` |
-# | `"synthetic"` | writes CT-like phantoms: **not real CT**, only so that the pipeline runs anywhere; labelled as such everywhere |
-#
-# What comes down: Kaggle's copy of the dataset from kaggle.com. Its 267 2D slices and masks take about
-# 175 MB (217 of them are 141 MB); the download also holds the dataset's 3D volumes, which lungseg
-# does not use.
 #
 # **Cells marked `#@save`** hold code that later notebooks use too. They are copied, unchanged, into
 # `lungseg_utils.py`, which the other notebooks import as `lu` (run `python -m lungseg.build_utils`
 # after editing one; a test fails while the two differ).
 
 # %%
-# Setup. In Colab: clone the repository and install the packages Colab lacks. Everywhere: find lungseg/, say the runtime.
-import os, subprocess, sys
+import os, subprocess, sys  # set-up: in Colab, fetch lungseg and what Colab lacks; everywhere, find lungseg/
 if "google.colab" in sys.modules and not os.path.isdir("/content/lungseg"):
     subprocess.run(f"git clone -q https://github.com/lungseg/lungseg /content/lungseg && {sys.executable} -m pip "
                    "install -q pydicom highdicom pynrrd papermill jupytext", shell=True, check=True)
 sys.path[:0] = ["/content/lungseg"] if "google.colab" in sys.modules else [os.path.abspath(".."), os.path.abspath("../..")]
 from lungseg.notebook import show_config, start
-REPO_ROOT = start()
+REPO_ROOT = start()  # says the runtime (CPU or GPU) in one line
 
 # %%
 import textwrap
@@ -69,15 +55,7 @@ from lungseg.report import repo_path, write_json  # each run documents itself
 
 # %% [markdown]
 # ## Parameters
-# Change these here, or pass them with papermill (`bash scripts/run.sh -p DATA_SOURCE kaggle`).
-# An empty `DATA_DIR` means `$LUNGSEG_DATA_DIR` if set, else `data/finding-lungs-in-ct-data` in the repository.
-# A folder you name must hold the data: a misspelt path stops the run rather than falling back to phantoms.
-# Every notebook takes `DATA_DIR` and hands it to this one when it runs it first.
-#
-# **In Colab** the machine starts empty and forgets everything when the runtime ends. Leave `DATA_DIR`
-# empty and the data comes down with `kagglehub` (about a minute). To keep a copy, put the data folder
-# (`2d_images/`, `2d_masks/`) on Google Drive, run `from google.colab import drive; drive.mount("/content/drive")`
-# in a cell, and set `DATA_DIR = "/content/drive/MyDrive/finding-lungs-in-ct-data"`.
+# Change them here, or give them to the whole pipeline ([README, Running](../README.md#running)).
 
 # %% tags=["parameters"]
 DATA_SOURCE = "auto"
@@ -91,10 +69,29 @@ SEED = 0
 named_data_dir = DATA_DIR or os.environ.get("LUNGSEG_DATA_DIR")  # named by you: it must hold the data
 data_dir = Path(named_data_dir or REPO_ROOT / "data" / "finding-lungs-in-ct-data").expanduser()
 output_dir = REPO_ROOT / OUTPUT_DIR
-show_config(globals(), data_folder=data_dir, outputs=output_dir)
 
 # %% [markdown]
 # ## Get the data
+# `DATA_SOURCE` says where the slices come from:
+#
+# | `DATA_SOURCE` | what it does |
+# |---|---|
+# | `"auto"` (default) | `DATA_DIR` if it holds data; else `kagglehub`; else the `kaggle` package if you have a token; else synthetic phantoms |
+# | `"kagglehub"` | downloads with `kagglehub`, Kaggle's own client: **no account needed** for this public dataset (into its cache, then copied into `DATA_DIR`) |
+# | `"kaggle"` | downloads with the official `kaggle` package (credentials: `KAGGLE_USERNAME`/`KAGGLE_KEY`, `~/.kaggle/kaggle.json`, or an upload in Colab) |
+# | `"folder"` | uses `DATA_DIR` as it is: `2d_images/` + `2d_masks/`, or `Train/Images`, `Train/Masks`, `Test/Images`, `Test/Masks` |
+# | `"archive"` | extracts `ARCHIVE` (the Kaggle zip, or a folder with `2d_images.zip` and `2d_masks.zip`) into `DATA_DIR` |
+# | `"synthetic"` | writes CT-like phantoms: **not real CT**, only so that the pipeline runs anywhere; labelled as such everywhere |
+#
+# What comes down: Kaggle's copy of the dataset. Its 267 2D slices and masks take about 175 MB (217 of
+# them are 141 MB); the download also holds the dataset's 3D volumes, which lungseg does not use. An
+# empty `DATA_DIR` means `$LUNGSEG_DATA_DIR` if set, else `data/finding-lungs-in-ct-data` in the
+# repository; a folder you name must hold the data (a misspelt path stops the run rather than falling
+# back to phantoms). **In Colab** the machine forgets everything when the runtime ends: to keep a copy,
+# put the data folder (`2d_images/`, `2d_masks/`) on Google Drive, mount it
+# (`from google.colab import drive; drive.mount("/content/drive")`) and set
+# `DATA_DIR = "/content/drive/MyDrive/finding-lungs-in-ct-data"`.
+#
 # Downloads and extractions go to a temporary folder first and are renamed into place only when
 # complete, so an interrupted run never leaves a folder that looks finished; an existing folder is
 # never overwritten, and re-running with the data in place downloads nothing.
@@ -443,22 +440,29 @@ write_json(output_dir / "data" / "dataset.json",
 print("wrote", repo_path(output_dir / "data" / "pairs.csv"), "label_audit.csv and dataset.json")
 
 # %% [markdown]
+# ## This run
+# The parameters as this run saw them, where the data and outputs are, the device and the library
+# versions: what a rerun needs to match.
+
+# %%
+show_config(globals(), data_folder=data_dir, outputs=output_dir)
+
+# %% [markdown]
 # ## What you learned
-# - CT values are Hounsfield units: air -1000, water 0, lung about -850, cortical bone above +1000.
-#   Read them with a reader that keeps int16 (tifffile; pydicom with the rescale slope and intercept),
-#   never with an image library's 8-bit default.
+# - CT values are Hounsfield units: air -1000, water 0, lung about -850, cortical bone about +500 to
+#   +1900. Read them with a reader that keeps int16 (tifffile; pydicom with the rescale slope and
+#   intercept), never with an image library's 8-bit default.
 # - Check every pair before anything is trained on it: files, shapes, binary masks, and masks that no
 #   real lung has (lung on the air outside the body).
 # - Anchor the numbers to tissue you know: these slices hold outside air, fat and soft tissue at 0.8
 #   times their HU, and one line of calibration makes them standard HU.
 #
 # ## Try this
-# 1. Read a slice with OpenCV's default, `cv2.imread(str(pairs.image_path[0]))`, and print its dtype,
-#    shape and range: `uint8 (512, 512, 3)` from 0 to 255. The HU are gone.
-# 2. Fit the calibration on the first 10 slices alone:
-#    `fit_hu_calibration(tissue_peaks(read_slice(p) for p in pairs.image_path[:10]))`. The scale moves by
-#    about 0.01 (1.24 against 1.25): ten slices already show how a collection was stored. (A test
-#    checks it: `tests/test_exercises.py`.)
-# 3. Make the audit stricter, `audit_mask(..., outside_fraction=0.005)`, and look at the masks it adds.
+# 1. Export a slice as an image viewer would, an 8-bit PNG (`cv2.imwrite("slice.png", cv2.imread(path))`),
+#    and give it to `read_slice`. What happens, and what would a model have learnt had it been read?
+# 2. Fit the calibration on the first 10 slices alone. How far is its scale from the one fitted on
+#    every slice, and what does that say about how a collection is stored?
+# 3. Make the audit stricter, `audit_mask(..., outside_fraction=0.005)`. Which masks does it add, and
+#    would you train on them?
 #
 # **Next →** [02_preprocess](02_preprocess.ipynb): the HU window, the split, and augmentation.

@@ -26,18 +26,15 @@
 # `lungseg_utils.py`, because the training notebooks and the evaluation use them.
 
 # %%
-# Setup. In Colab: clone the repository and install the packages Colab lacks. Everywhere: find lungseg/, say the runtime.
-import os, subprocess, sys
+import os, subprocess, sys  # set-up: in Colab, fetch lungseg and what Colab lacks; everywhere, find lungseg/
 if "google.colab" in sys.modules and not os.path.isdir("/content/lungseg"):
     subprocess.run(f"git clone -q https://github.com/lungseg/lungseg /content/lungseg && {sys.executable} -m pip "
                    "install -q pydicom highdicom pynrrd papermill jupytext", shell=True, check=True)
 sys.path[:0] = ["/content/lungseg"] if "google.colab" in sys.modules else [os.path.abspath(".."), os.path.abspath("../..")]
 from lungseg.notebook import show_config, start
-REPO_ROOT = start()
+REPO_ROOT = start()  # says the runtime (CPU or GPU) in one line
 
 # %%
-import json
-
 import keras
 import matplotlib.pyplot as plt
 import numpy as np
@@ -46,12 +43,11 @@ import tensorflow as tf
 from scipy import ndimage
 from sklearn.model_selection import train_test_split
 
-from lungseg.checks import check_augmentation  # refuses augmentation settings that cannot work
-from lungseg.data import benchmark_settings, dataset_calibration, read_split_manifest  # 01's calibration; splits
-from lungseg.errors import LungsegError  # the error every check raises: it names the file or parameter and the fix
-from lungseg.report import repo_path, write_json  # each run documents itself
 import lungseg_utils as lu  # the #@save cells of 01 (and of this notebook)
-from lungseg.runner import ensure_inputs  # runs 01_download first if its outputs are missing
+from lungseg.data import benchmark_settings, read_split_manifest  # the benchmark's splits, checked
+from lungseg.errors import LungsegError  # the error every check raises: it names the file or parameter and the fix
+from lungseg.notebook import check_parameters, load_pairs  # refuses what cannot work; 01's outputs, made if missing
+from lungseg.report import repo_path, write_json  # each run documents itself
 
 # %% [markdown]
 # ## Parameters
@@ -78,31 +74,10 @@ BLUR_SIGMA = 1.0  # Gaussian blur of up to this many pixels (at most 1)
 GAS_POCKETS = 0.5  # share of training slices given pockets of bowel gas that are not lung; see "Gas is not lung"
 LESIONS = 0.0  # share of training slices given dense lesions inside the lung, labelled lung; see "Diseased lung is lung"
 
-# %% [markdown]
-# ## Configuration
-
 # %%
-#@save
-def check_img_size(img_size) -> int:
-    """The U-Nets halve the resolution four times, so the input size must be a multiple of 16."""
-    if not isinstance(img_size, (int, np.integer)) or img_size < 16 or img_size % 16:
-        raise LungsegError(f"IMG_SIZE={img_size!r} cannot be used: the models halve the resolution 4 times, so it "
-                           "must be a positive multiple of 16 (e.g. 128, 256, 384, 512).")
-    return int(img_size)
-
-# %%
-check_img_size(IMG_SIZE)
 output_dir = REPO_ROOT / OUTPUT_DIR
-ensure_inputs("02", OUTPUT_DIR, data_dir=DATA_DIR)
-dataset = json.loads((output_dir / "data" / "dataset.json").read_text())
-pairs = pd.read_csv(output_dir / "data" / "pairs.csv")
-augmentation = {"rotation_degrees": float(ROTATION_DEGREES), "flip_left_right": bool(FLIP_LEFT_RIGHT),
-                "flip_up_down": bool(FLIP_UP_DOWN), "hu_scale": float(HU_SCALE), "hu_shift": float(HU_SHIFT),
-                "hu_contrast": float(HU_CONTRAST), "noise_hu": float(NOISE_HU), "blur_sigma": float(BLUR_SIGMA)}
-check_augmentation({**augmentation, "gas_pockets": GAS_POCKETS, "lesions": LESIONS})
-calibration = dataset_calibration(dataset)  # 01's: the stored values -> standard HU
-show_config(globals(), data=f"{dataset['source']}{lu.data_label(dataset['synthetic'])}: {len(pairs)} pairs",
-            calibration=f"standard HU = {calibration['scale']:.3f} x stored {calibration['offset']:+.1f} (01)")
+check_parameters(globals())  # the image size and the augmentation: refused now if they cannot work
+dataset, pairs, calibration = load_pairs("02", OUTPUT_DIR, DATA_DIR)  # 01's pairs and HU calibration (01 first if missing)
 
 # %% [markdown]
 # ## The HU window
@@ -151,8 +126,8 @@ lu.save_figure(figure, output_dir / "figures" / "02_hu_window.png", dataset["syn
 # 01's audit flags masks that are wrong (three of the 217). By default they are split like any other
 # slice. The benchmark can keep them out (`TRAIN_ON_FLAGGED False`): the flagged slices that fall in
 # training or validation are then marked `excluded` in the manifest and left out of the arrays, while
-# those in the test part stay there, scored and named. Leaving them out moved the cross-validated Dice
-# by less than 0.0005, so the lesson keeps them.
+# those in the test part stay there, scored and named. The lesson trains on them: leaving them out
+# changes the cross-validated Dice by less than 0.0005.
 
 # %%
 def split_slices(names, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> pd.DataFrame:
@@ -191,7 +166,7 @@ print(manifest.split.value_counts().reindex(["train", "val", "test"]).to_string(
 # %% [markdown]
 # ## Window and resize every slice
 # Images are windowed, then shrunk with area averaging (each new pixel is the mean of the pixels
-# it covers: no aliasing). Masks are resized as 0/1 values the same way and thresholded at 0.5,
+# it covers, which keeps aliasing small). Masks are resized as 0/1 values the same way and thresholded at 0.5,
 # so a new pixel is lung when most of it was lung, and the masks stay binary.
 
 # %%
@@ -239,19 +214,20 @@ print("mask values:", np.unique(np.concatenate([arrays[f"y_{s}"].ravel() for s i
 # In standard HU, gas in the stomach and bowel (about -1000, and -950 where it borders the gut wall)
 # is as dark as the darkest lung, and the chest slices here hold almost none of it: a model never
 # told otherwise takes every dark pocket inside the body for lung. So `GAS_POCKETS` of the training
-# slices get one to three pockets of gas pasted into soft tissue (-200..+150 HU: fat, muscle and organs;
-# never bone, which is denser) away from the lungs, labelled
-# "not lung": homogeneous air with noise, with soft edges, and no vessels, which lung always has.
-# Validation and test slices stay as they are. On an upper-abdomen scan with no lung, this cut what
-# the model called lung from 30 to 6 mL, and the colon gas it took for lung beside another scan's lung
-# bases from 204 to 0 mL ([RESULTS.md](../RESULTS.md)).
+# slices get one to three pockets of gas pasted into soft tissue (-200..+150 HU: fat, muscle and
+# organs) away from the lungs, labelled "not lung": homogeneous air with noise, with soft edges, and no
+# vessels, which lung always has. Cortical bone (+500 HU and more) never takes a pocket; the spongy
+# bone of an older patient's vertebra (100-200 HU) can. The pockets are pasted once, into the saved
+# training arrays; validation and test slices stay as they are. They are what keeps the colon gas
+# beside the lung bases of a scan from another collection out of its lung mask
+#.
 
 # %%
 def add_gas_pockets(image01: np.ndarray, mask: np.ndarray, rng: np.random.Generator, hu_window=(-1000, 400),
                     count=(1, 3), radius_px=(3, 16)) -> np.ndarray:
     """A windowed slice with 1-3 elliptic pockets of gas (-1000..-900 HU, noise of 20 HU, edges blurred
     by one pixel; radii in ``radius_px``, for a 256-pixel slice) pasted where the slice is soft tissue
-    (-200..+150 HU, so never bone) at least 4 pixels from the lung. A pocket with no room shrinks."""
+    (-200..+150 HU, so never cortical bone) at least 4 pixels from the lung. A pocket with no room shrinks."""
     width = float(hu_window[1] - hu_window[0])
     image = image01.astype(np.float32).copy()
     hu = image * width + hu_window[0]
@@ -307,10 +283,10 @@ if len(given):
 # to several centimetres, from hazy (-500 HU) to soft tissue (+80 HU), with texture, most of them on
 # the lung's edge, where a lesion meets the chest wall and the lung's outline disappears.
 #
-# **Off by default.** With `LESIONS = 0.5` the Residual U-Net kept far more of each lesion on held-out
-# Kaggle slices, but on a COPD patient's chest from another scanner its Dice fell from about 0.98 to
-# 0.92 (0.83 with lesions down to -750 HU): what it learnt about dense lung cost it dark lung
-# elsewhere ([RESULTS.md](../RESULTS.md)). Try it: set `LESIONS = 0.5` and retrain 04.
+# **Off by default**, because a model that learns dense lung can lose dark lung elsewhere, such as a
+# COPD patient's emphysema, and one training run cannot say which way it goes: retrained with other
+# seeds at the defaults, the Residual U-Net's Dice on a COPD chest from another collection spans
+# 0.16. Set `LESIONS = 0.5` and retrain 04 to see what it does.
 
 # %%
 def add_lesions(image01: np.ndarray, mask: np.ndarray, rng: np.random.Generator, hu_window=(-1000, 400),
@@ -360,30 +336,11 @@ lu.show_pairs([[arrays["x_train"][0, ..., 0], example, arrays["y_train"][0, ...,
               path=output_dir / "figures" / "02_lesions.png", synthetic=dataset["synthetic"], size=3.2);
 
 # %% [markdown]
-# ## Save the arrays and the settings
-# The training notebooks read these; the settings travel on with each trained model, so that
-# predictions on new scans use exactly this preprocessing.
-
-# %%
-arrays_path = output_dir / "data" / "arrays.npz"
-temporary = arrays_path.with_name("arrays.partial.npz")
-np.savez(temporary, **arrays)
-temporary.replace(arrays_path)
-settings = {"img_size": IMG_SIZE, "hu_min": HU_MIN, "hu_max": HU_MAX, "split": SPLIT, "split_seed": SPLIT_SEED,
-            "split_method": f"manifest {split_manifest}" if split_manifest else "train_test_split",
-            "augmentation": augmentation, "gas_pockets": float(GAS_POCKETS), "lesions": float(LESIONS),
-            "train_on_flagged": train_on_flagged,
-            "hu_calibration": calibration,
-            "data_source": dataset["source"], "synthetic": dataset["synthetic"],
-            "data_root": dataset["root"], "slices": {s: int(len(arrays[f"x_{s}"])) for s in ("train", "val", "test")}}
-write_json(output_dir / "data" / "preprocess.json", settings)
-print("wrote", repo_path(arrays_path), f"({arrays_path.stat().st_size / 1e6:.0f} MB) and preprocess.json")
-
-# %% [markdown]
 # ## Augmentation
 # With about 150 training slices from one collection, a model learns that collection: its
-# scanners, its doses, its patients' breathing. Augmentation shows it other versions of each slice,
-# a new random one each time a batch is drawn.
+# scanners, its doses, its patients' breathing. Augmentation shows it other versions of each slice:
+# the layers below draw a new random one each time a batch is drawn, inside 03's input pipeline,
+# and the saved arrays stay as they are.
 #
 # **Intensity augmentation is on by default**, because the numbers are what differ most between
 # scanners. Calibrated scanners agree on air and water, but a collection can be exported scaled (the
@@ -400,7 +357,8 @@ print("wrote", repo_path(arrays_path), f"({arrays_path.stat().st_size / 1e6:.0f}
 # Geometric augmentation, off by default, mirrors left-right (`FLIP_LEFT_RIGHT`) and rotates by up to
 # `ROTATION_DEGREES` (`RandomFlip`, `RandomRotation`). Image and mask get the *same* transform: they
 # go through the layers stacked as two channels, and the mask is thresholded again so it stays
-# binary. On the cross-validation it did not pay ([RESULTS.md](../RESULTS.md)).
+# binary. It stays off because it does not raise the cross-validated Dice: the slices, like most
+# scans, come upright and unmirrored.
 
 # %%
 #@save
@@ -469,6 +427,9 @@ def augment_pair(images, masks, augmenter):
 # (or, when they switch augmentation off, with example settings).
 
 # %%
+augmentation = {"rotation_degrees": float(ROTATION_DEGREES), "flip_left_right": bool(FLIP_LEFT_RIGHT),
+                "flip_up_down": bool(FLIP_UP_DOWN), "hu_scale": float(HU_SCALE), "hu_shift": float(HU_SHIFT),
+                "hu_contrast": float(HU_CONTRAST), "noise_hu": float(NOISE_HU), "blur_sigma": float(BLUR_SIGMA)}
 augmentation_on = any(augmentation.values())
 shown = augmentation if augmentation_on else {"rotation_degrees": 10.0, "flip_left_right": True, "hu_scale": 0.15,
                                               "hu_shift": 50.0, "noise_hu": 20.0, "blur_sigma": 1.0}
@@ -506,21 +467,49 @@ for axis, (name, picture) in zip(axes, extremes.items()):
 lu.save_figure(figure, output_dir / "figures" / "02_augmentation_extremes.png", dataset["synthetic"]);
 
 # %% [markdown]
+# ## Save the arrays and the settings
+# The training notebooks read these; the settings travel on with each trained model, so that
+# predictions on new scans use exactly this preprocessing.
+
+# %%
+arrays_path = output_dir / "data" / "arrays.npz"
+temporary = arrays_path.with_name("arrays.partial.npz")
+np.savez(temporary, **arrays)
+temporary.replace(arrays_path)
+settings = {"img_size": IMG_SIZE, "hu_min": HU_MIN, "hu_max": HU_MAX, "split": SPLIT, "split_seed": SPLIT_SEED,
+            "split_method": f"manifest {split_manifest}" if split_manifest else "train_test_split",
+            "augmentation": augmentation, "gas_pockets": float(GAS_POCKETS), "lesions": float(LESIONS),
+            "train_on_flagged": train_on_flagged,
+            "hu_calibration": calibration,
+            "data_source": dataset["source"], "synthetic": dataset["synthetic"],
+            "data_root": dataset["root"], "slices": {s: int(len(arrays[f"x_{s}"])) for s in ("train", "val", "test")}}
+write_json(output_dir / "data" / "preprocess.json", settings)
+print("wrote", repo_path(arrays_path), f"({arrays_path.stat().st_size / 1e6:.0f} MB) and preprocess.json")
+
+# %% [markdown]
+# ## This run
+# The parameters as this run saw them, the data, the device and the library versions: what a rerun
+# needs to match.
+
+# %%
+show_config(globals(), data=f"{dataset['source']}{lu.data_label(dataset['synthetic'])}: {len(pairs)} pairs",
+            calibration=f"standard HU = {calibration['scale']:.3f} x stored {calibration['offset']:+.1f} (01)")
+
+# %% [markdown]
 # ## What you learned
 # - The HU window decides what the network can see: -1000..400 keeps the lung's texture and the body
 #   around it, and maps both to [0, 1].
-# - The split is made once, by slice name, and written down (`split.csv`), so that every later
+# - The split is made once, by slice name, and written down (`split_manifest.csv`), so that every later
 #   notebook, and every rerun, tests on the same slices.
-# - Augmentation changes each training slice a little every epoch: geometry (rotation, flips) on image
-#   and mask together, intensity (HU scale and shift, noise, blur) on the image alone, so that other
-#   scanners look familiar.
+# - Augmentation changes each training slice a little every time it is drawn: geometry (rotation,
+#   flips) on image and mask together, intensity (HU scale and shift, noise, blur) on the image alone,
+#   so that other scanners look familiar.
 #
 # ## Try this
-# 1. Set `HU_MIN, HU_MAX = -160, 240`, a soft-tissue window, and rerun "The HU window": over 95% of the
-#    lung turns black (0), vessels and all; a model could not tell lung from outside air. (A test checks
-#    it: `tests/test_exercises.py`.)
-# 2. Set `SPLIT_SEED = 1` and compare `split.csv`: other slices are tested, and in 05 the scores move
-#    by a few thousandths. That is why the README's comparison rests on a 5-fold cross-validation.
+# 1. Set a soft-tissue window, `HU_MIN, HU_MAX = -160, 240`, and rerun "The HU window". How much of the
+#    lung is left above black, and could a model still tell lung from the air outside the body?
+# 2. Set `SPLIT_SEED = 1` and compare the new `split_manifest.csv` with this one, then run 05 on it. How
+#    far do the scores move, and what does that say about one split of 217 slices as evidence?
 # 3. Draw the augmentation figure at `rotation_degrees=30` and `hu_scale=0.4`: where would a real scan
 #    never go?
 #

@@ -29,17 +29,15 @@
 # that `05_evaluate` compares the blocks and nothing else.
 
 # %%
-# Setup. In Colab: clone the repository and install the packages Colab lacks. Everywhere: find lungseg/, say the runtime.
-import os, subprocess, sys
+import os, subprocess, sys  # set-up: in Colab, fetch lungseg and what Colab lacks; everywhere, find lungseg/
 if "google.colab" in sys.modules and not os.path.isdir("/content/lungseg"):
     subprocess.run(f"git clone -q https://github.com/lungseg/lungseg /content/lungseg && {sys.executable} -m pip "
                    "install -q pydicom highdicom pynrrd papermill jupytext", shell=True, check=True)
 sys.path[:0] = ["/content/lungseg"] if "google.colab" in sys.modules else [os.path.abspath(".."), os.path.abspath("../..")]
 from lungseg.notebook import show_config, start
-REPO_ROOT = start()
+REPO_ROOT = start()  # says the runtime (CPU or GPU) in one line
 
 # %%
-import json
 import math
 
 import keras
@@ -48,9 +46,8 @@ import pandas as pd
 from keras import layers
 
 import lungseg_utils as lu  # the #@save cells of 01-03
-from lungseg.checks import check_training_settings  # refuses settings that cannot work, before minutes of training
 from lungseg.report import stage_summary  # a model as one row per stage
-from lungseg.runner import ensure_inputs  # runs 01 and 02 first if their outputs are missing
+from lungseg.notebook import check_parameters, load_arrays  # refuses what cannot work; 02's arrays, made if missing
 from lungseg.training import finish_training  # the best epoch's model and its record, once fit has ended
 
 # %% [markdown]
@@ -69,20 +66,10 @@ MIXED_PRECISION = False  # True: bfloat16 compute; 03_unet explains when it help
 DICE_WEIGHT = 1.0  # the weight of the loss's Dice term; 03_unet explains it
 SEED = 0
 
-# %% [markdown]
-# ## Configuration and data
-
 # %%
 output_dir = REPO_ROOT / OUTPUT_DIR
-models_dir = output_dir / "models"
-lu.check_img_size(IMG_SIZE)
-check_training_settings(EPOCHS, BATCH_SIZE, IMG_SIZE, BASE_FILTERS, LEARNING_RATE, DICE_WEIGHT)
-ensure_inputs("04", OUTPUT_DIR, IMG_SIZE, data_dir=DATA_DIR)
-preprocessing = json.loads((output_dir / "data" / "preprocess.json").read_text())
-with np.load(output_dir / "data" / "arrays.npz") as archive:
-    arrays = dict(archive)
-show_config(globals(), data=preprocessing["data_source"] + lu.data_label(preprocessing["synthetic"]),
-            slices=preprocessing["slices"])
+check_parameters(globals())  # the image size and the training settings: refused now, not after minutes of training
+arrays, preprocessing = load_arrays("04", OUTPUT_DIR, IMG_SIZE, DATA_DIR)  # 02's arrays (01 and 02 first if missing)
 
 # %% [markdown]
 # ## The residual block
@@ -110,7 +97,7 @@ def residual_block(x, filters, name):
 # The skeleton of `03_unet`, stage for stage: 4 residual blocks down, each followed by 2x2
 # max-pooling; a residual bottleneck at 1/16 of the input size; 4 stages up, each a 2x2 transpose
 # convolution, the concatenated skip of the same size, and a residual block; a 1x1 sigmoid output.
-# (A test checks that the two saved models share this skeleton and differ only in the block.)
+# The two networks differ in the block and nothing else.
 
 # %%
 def build_resunet(img_size, base_filters, depth=4):
@@ -153,6 +140,7 @@ loss = lu.bce_dice_loss if DICE_WEIGHT == 1 else lu.WeightedBceDiceLoss(DICE_WEI
 model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=[lu.dice_coef, lu.iou_coef])
 
 # %%
+models_dir = output_dir / "models"
 models_dir.mkdir(parents=True, exist_ok=True)
 callbacks = [
     lu.EpochTimer(),
@@ -202,21 +190,31 @@ lu.show_pairs([[arrays["x_val"][index, ..., 0], probability, lu.error_overlay(ar
               path=output_dir / "figures" / "04_predictions.png", synthetic=preprocessing["synthetic"], size=3.6);
 
 # %% [markdown]
+# ## This run
+# The parameters as this run saw them, the data, the device and the library versions: what a rerun
+# needs to match.
+
+# %%
+show_config(globals(), data=preprocessing["data_source"] + lu.data_label(preprocessing["synthetic"]),
+            slices=preprocessing["slices"])
+
+# %% [markdown]
 # ## What you learned
 # - A residual block adds a learned correction to its input; where the channels change, a 1x1
 #   convolution projects the shortcut so that the two can be added.
 # - The Residual U-Net is 03's U-Net with that block in every stage: the same skeleton, data, loss and
 #   training, so that 05 compares the blocks and nothing else.
-# - Residual connections are almost free: the whole difference in size is the projections.
+# - Residual connections are almost free: the network grows by a few percent.
 #
 # ## Try this
-# 1. Compare `build_resunet(256, 8).count_params()` with 03's `build_unet(256, 8)`: 511,121 against
-#    487,881, and the 23,240 more are exactly the 1x1 projections and their batch norms (the layers named
-#    `*_proj*`). (A test checks it: `tests/test_exercises.py`.)
+# 1. Compare `build_resunet(256, 8).count_params()` with 03's `build_unet(256, 8)`. Which layers hold the
+#    difference, and why do only some blocks need them? (Hint: `layer.name` and `layer.count_params()`
+#    for every layer in `model.layers`.)
 # 2. Write a *pre-activation* block (He et al., 2016; d2l's exercise): batch norm and ReLU before each
 #    convolution, and nothing after the sum. Build the network with it and train: does it change the
 #    validation Dice?
-# 3. Drop the shortcut (`return layers.Activation("relu")(y)`) and train again: the network is 03's
-#    U-Net with extra projections. Compare the curves.
+# 3. Drop the shortcut (`return layers.Activation("relu")(y)`) and count the parameters again. What
+#    became of the projections, and which network is left? Train it and compare the curves. (Hint: a
+#    functional model keeps only the layers on a path from its input to its output.)
 #
 # **Next →** [05_evaluate](05_evaluate.ipynb): both models on held-out slices, and on whole scans.

@@ -26,14 +26,13 @@
 # `lung_stats.csv`. Whole scans are the next notebook's.
 
 # %%
-# Setup. In Colab: clone the repository and install the packages Colab lacks. Everywhere: find lungseg/, say the runtime.
-import os, subprocess, sys
+import os, subprocess, sys  # set-up: in Colab, fetch lungseg and what Colab lacks; everywhere, find lungseg/
 if "google.colab" in sys.modules and not os.path.isdir("/content/lungseg"):
     subprocess.run(f"git clone -q https://github.com/lungseg/lungseg /content/lungseg && {sys.executable} -m pip "
                    "install -q pydicom highdicom pynrrd papermill jupytext", shell=True, check=True)
 sys.path[:0] = ["/content/lungseg"] if "google.colab" in sys.modules else [os.path.abspath(".."), os.path.abspath("../..")]
 from lungseg.notebook import show_config, start
-REPO_ROOT = start()
+REPO_ROOT = start()  # says the runtime (CPU or GPU) in one line
 
 # %%
 import json
@@ -102,8 +101,6 @@ check_models_fit_data(records, dataset, models_dir)  # real-CT models are not sc
 synthetic = dataset["synthetic"] or any(record["synthetic"] for record in records.values())
 pixel_area = pixel_area_mm2(Path(dataset["root"]) / "lung_stats.csv")
 spacing_mm = float(np.sqrt(pixel_area))
-show_config(globals(), models=models_dir, data=dataset["source"] + lu.data_label(synthetic),
-            pixel_spacing_mm=round(spacing_mm, 4))
 
 # %% [markdown]
 # ## The test slices at native resolution
@@ -181,11 +178,12 @@ print(f"{names[0]}: a {probability.shape[0]}x{probability.shape[1]} probability 
 # %% [markdown]
 # ## Scores
 # Per slice: Dice, IoU, precision, recall and HD95, the 95th percentile of the distances between
-# the predicted and true lung boundaries in mm (a boundary off by a few pixels barely moves Dice
+# the predicted and true lung boundaries in mm, both directions pooled (medpy's convention; MONAI's
+# `HausdorffDistanceMetric` takes the larger of the two directions, which is never smaller) (a boundary off by a few pixels barely moves Dice
 # but shows here). Pooled Dice counts all pixels of all slices together. Post-processing
 # (`clean_mask`) drops islands smaller than 1% of the largest region and fills small holes
-# (vessels), while larger holes stay: the reference masks leave out e.g. cysts, and filling *every*
-# hole, tried first, lowered the worst slice's Dice from 0.95 to 0.93.
+# (vessels), while larger holes stay: the reference masks leave out e.g. cysts, so filling *every*
+# hole would add lung that the references do not count.
 
 # %%
 #@save
@@ -200,8 +198,9 @@ def overlap_scores(truth: np.ndarray, prediction: np.ndarray) -> dict:
 
 
 def hd95(truth: np.ndarray, prediction: np.ndarray, spacing_mm: float = 1.0) -> float:
-    """95th percentile of the distances from each mask's boundary pixels to the other's boundary, in
-    mm (both empty: 0; one empty: inf)."""
+    """95th percentile of the distances from each mask's boundary pixels to the other's boundary, both
+    directions pooled (medpy's convention; MONAI takes the larger of the two directed 95th percentiles),
+    in mm (both empty: 0; one empty: inf)."""
     truth, prediction = truth.astype(bool), prediction.astype(bool)
     if not truth.any() or not prediction.any():
         return 0.0 if truth.any() == prediction.any() else float("inf")
@@ -363,12 +362,15 @@ summary[summary.resolution == "native"].pivot(index="model", columns="postproces
 # A score is only as good as the mask it is scored against. 01's audit (`audit_mask`) looked at each
 # mask for signs that it is wrong (lung on the air outside the body, one lung missing, ...).
 # The scores over all test slices and over those whose masks look sound, side by side, with the
-# flagged slices named: nothing is dropped silently.
+# flagged slices named: nothing is dropped silently. Where no test mask is flagged, as in this split,
+# the two are one, and the flagged masks are among the slices the models learnt from.
 
 # %%
 audit = pd.read_csv(output_dir / "data" / "label_audit.csv").fillna("").set_index("name").loc[names].reset_index()
 flagged = dict(zip(audit.name[audit.flagged], audit.reasons[audit.flagged]))
 print(f"flagged test masks: {len(flagged)} of {len(audit)}" + "".join(f"\n  {n}: {r}" for n, r in flagged.items()))
+everywhere = pd.read_csv(output_dir / "data" / "label_audit.csv").merge(pd.read_csv(output_dir / "data" / "split_manifest.csv"), on="name")
+print("flagged masks by part of the split:", everywhere[everywhere.flagged].split.value_counts().to_dict())
 raw_scores = per_slice[(per_slice.resolution == "native") & ~per_slice.postprocessed]
 sound_scores = raw_scores[~raw_scores.name.isin(flagged)]
 by_labels = pd.DataFrame({"Dice, all slices": raw_scores.groupby("model").dice.mean(),
@@ -409,8 +411,8 @@ lu.show_pairs(rows, ["CT slice"] + [f"{m}: red extra, blue missed" for m in MODE
 
 # %% [markdown]
 # ## Where do the models fail?
-# The three test slices with the lowest Dice for each model; false positives in red, false
-# negatives in blue.
+# The three test slices with the lowest Dice for each model. Blue is lung in the reference that the
+# model left out, red what it called lung and the reference does not.
 
 # %%
 rows, titles = [], []
@@ -422,6 +424,14 @@ for name in MODELS:
 lu.show_pairs(rows, ["worst", "2nd worst", "3rd worst"][:len(rows[0])], titles, size=3.4,
               title="Errors on the worst slices (red: false positive, blue: false negative)",
               path=figures_dir / "worst_slices_errors.png", synthetic=synthetic);
+
+# %% [markdown]
+# Both models' worst slice holds a large mass against the chest wall of the right lung (on the image's
+# left: radiological convention). The reference counts part of it as lung; the models leave it out, in
+# blue, because nearly every lung they learnt from is dark, and this tissue is as dense as muscle.
+# Lung is anatomy, not darkness: 06 shows what the 3D step gives back and what it cannot
+# ([06, "Lung is anatomy, not darkness"](06_your_scan.ipynb)). The other errors lie at the hilum,
+# where vessels and bronchi enter the lung and references draw the border in different places.
 
 # %% [markdown]
 # ## Per-slice Dice, and how training went
@@ -444,7 +454,8 @@ lu.plot_history({name: pd.read_csv(models_dir / f"{name}_history.csv") for name 
 # ## Lung measurements
 # The data set was made to *measure* lungs: area (mm²), mean density and the 5th/95th percentile
 # densities (PD05, PD95) per slice. Here they are computed from the predicted masks (with
-# post-processing) and from the true masks, which give exactly the values of `lung_stats.csv`.
+# post-processing) and from the true masks, with the pixel area that `lung_stats.csv` implies, in
+# standard HU (01's calibration; `lung_stats.csv`'s densities are of the stored, 0.8x values).
 
 # %%
 def lung_measurements(image_hu: np.ndarray, mask: np.ndarray, pixel_area_mm2: float) -> dict:
@@ -485,6 +496,15 @@ axis.set_title("Lung area per test slice")
 lu.save_figure(figure, figures_dir / "lung_area_scatter.png", synthetic);
 
 # %% [markdown]
+# ## This run
+# The parameters as this run saw them, the models and data, the device and the library versions: what a
+# rerun needs to match.
+
+# %%
+show_config(globals(), models=models_dir, data=dataset["source"] + lu.data_label(synthetic),
+            pixel_spacing_mm=round(spacing_mm, 4))
+
+# %% [markdown]
 # ## What you learned
 # - Score at the slices' native 512x512, per slice, with Dice and HD95 together: a boundary a few pixels
 #   off barely moves Dice, and HD95 says it in mm.
@@ -494,12 +514,11 @@ lu.save_figure(figure, figures_dir / "lung_area_scatter.png", synthetic);
 #   scanners choose the model (the Residual U-Net).
 #
 # ## Try this
-# 1. Set `THRESHOLD = 0.3`, then `0.7`, and rerun the scores: at 0.3 the masks grow (recall up, precision
-#    down), at 0.7 they shrink, and the mean Dice moves by less than 0.01. The models are confident almost
-#    everywhere. (A test checks it: `tests/test_exercises.py`.)
-# 2. In "Where do the models fail?", show the 6 worst slices instead of 3 (`nsmallest(6)`): are they the
-#    same slices for both models, and are some of them the masks 01's audit flagged?
-# 3. Set `MODELS_DIR` to the models you trained in 03 and 04 with other settings (e.g. `DICE_WEIGHT = 0`)
-#    and compare their paired difference with the committed models'.
+# 1. Set `THRESHOLD = 0.3`, then `0.7`, and rerun the scores. What happens to precision, recall and the
+#    mean Dice, and what does that say about how sure the models are?
+# 2. In "Where do the models fail?", show the 6 worst slices instead of 3 (`nsmallest(6)`). Are they the
+#    same slices for both models, and what do their errors have in common?
+# 3. Set `MODELS_DIR` to the models you trained in 03 and 04 with other settings (e.g. `DICE_WEIGHT = 0`).
+#    Is their paired difference larger or smaller than the committed models', and is it evidence?
 #
 # **Next →** [06_your_scan](06_your_scan.ipynb): the Residual U-Net on a whole chest CT, and then on yours.

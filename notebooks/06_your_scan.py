@@ -36,14 +36,13 @@
 # **Not for clinical use.**
 
 # %%
-# Setup. In Colab: clone the repository and install the packages Colab lacks. Everywhere: find lungseg/, say the runtime.
-import os, subprocess, sys
+import os, subprocess, sys  # set-up: in Colab, fetch lungseg and what Colab lacks; everywhere, find lungseg/
 if "google.colab" in sys.modules and not os.path.isdir("/content/lungseg"):
     subprocess.run(f"git clone -q https://github.com/lungseg/lungseg /content/lungseg && {sys.executable} -m pip "
                    "install -q pydicom highdicom pynrrd papermill jupytext", shell=True, check=True)
 sys.path[:0] = ["/content/lungseg"] if "google.colab" in sys.modules else [os.path.abspath(".."), os.path.abspath("../..")]
 from lungseg.notebook import show_config, start
-REPO_ROOT = start()
+REPO_ROOT = start()  # says the runtime (CPU or GPU) in one line
 
 # %%
 from pathlib import Path
@@ -81,13 +80,15 @@ SEED = 0
 # %%
 check_scan_settings(MODEL, SCAN)  # before anything is downloaded or loaded
 output_dir = REPO_ROOT / OUTPUT_DIR
-models_dir = choose_models_dir(MODELS_DIR, output_dir, ["unet", "resunet"], REPO_ROOT)
-model, record = lu.load_trained_model(models_dir / f"{MODEL}.keras")
-synthetic = record["synthetic"]  # a model that learnt phantoms: every figure says so
+
+# %% [markdown]
+# ## The example: a chest CT and its reference
+# A whole chest CT, and a lung mask that others made for it (a tool's, or a radiotherapy team's): what
+# the model's lungs are measured against.
+
+# %%
 example = get_example(EXAMPLE, EXAMPLE_DIR)  # checked file by file; the small one ships with the repository
-print("example:", example.description)
-show_config(globals(), models=models_dir, example=example.name,
-            trained_on="SYNTHETIC phantoms, not real CT" if synthetic else "real CT slices")
+print(example.description)
 
 # %% [markdown]
 # ## A scan is a volume
@@ -115,9 +116,15 @@ print("orientation (rows, columns):", [round(float(v)) for v in headers[0].Image
 
 # %% [markdown]
 # ## Every slice through the model
-# Each slice goes through exactly what the test slices went through in 05: the model's HU window and
-# size, the network, the probabilities back at the slice's own size, the threshold. Volume = lung
-# voxels x the voxel's volume.
+# The model is the one 05 chose for whole scans, with the record of how it was trained. Each slice goes
+# through exactly what the test slices went through in 05: the model's HU window and size, the
+# network, the probabilities back at the slice's own size, the threshold. Volume = lung voxels x the
+# voxel's volume.
+
+# %%
+models_dir = choose_models_dir(MODELS_DIR, output_dir, ["unet", "resunet"], REPO_ROOT)  # yours (03, 04), else committed
+model, record = lu.load_trained_model(models_dir / f"{MODEL}.keras")
+synthetic = record["synthetic"]  # a model that learnt phantoms: every figure says so
 
 # %%
 probabilities = np.stack(lu.predict_probabilities(model, list(volume), record))
@@ -129,13 +136,19 @@ print(f"{MODEL}: {mask.sum() * voxel_ml:,.0f} mL called lung, on {mask.any(axis=
 # seen a coronal view, but the slices stack into lungs.
 
 # %%
-def show_axial_and_coronal(labels, title, path=None):
-    middle_row = int(np.argmax((labels > 0).sum(axis=(0, 2))))  # the coronal plane through the most lung
-    axial = int(np.argmax((labels > 0).sum(axis=(1, 2))))
+def show_axial_and_coronal(labels, title, path=None, painted=None):
+    """An axial and a coronal plane, each through the most lung (or, with ``painted``, a dict of colour:
+    mask, through the most painted voxels), with the labels tinted and the painted voxels in colour."""
+    shown = labels > 0 if not painted else np.logical_or.reduce(list(painted.values()))
+    middle_row = int(np.argmax(shown.sum(axis=(0, 2))))  # the coronal plane
+    axial = int(np.argmax(shown.sum(axis=(1, 2))))
+    pictures = [mask_overlay(lu.window_hu(volume[axial], -1000, 400), labels[axial]),
+                mask_overlay(lu.window_hu(volume[::-1, middle_row], -1000, 400), labels[::-1, middle_row])]
+    for colour, voxels in (painted or {}).items():
+        pictures[0][voxels[axial]], pictures[1][voxels[::-1, middle_row]] = colour, colour
     figure, axes = plt.subplots(1, 2, figsize=(10, 4.2))
-    axes[0].imshow(mask_overlay(lu.window_hu(volume[axial], -1000, 400), labels[axial]))
-    axes[1].imshow(mask_overlay(lu.window_hu(volume[::-1, middle_row], -1000, 400), labels[::-1, middle_row]),
-                   aspect=slice_mm / column_mm)
+    axes[0].imshow(pictures[0])
+    axes[1].imshow(pictures[1], aspect=slice_mm / column_mm)
     axes[0].set_title(f"axial, slice {axial + 1} of {len(volume)}"), axes[1].set_title("coronal, head at the top")
     for axis in axes:
         axis.set_xticks([]), axis.set_yticks([])
@@ -171,8 +184,18 @@ pd.DataFrame({"mL": ndimage.sum(mask, regions, index) * voxel_ml,
 # %%
 scan = read_scan(example.series)  # the same series, read and checked by lungseg.scans
 kept = keep_lungs(mask, scan) > 0
+removed, filled = mask & ~kept, kept & ~mask
 print(f"before: {mask.sum() * voxel_ml:,.0f} mL in {found} regions; after: {kept.sum() * voxel_ml:,.0f} mL in "
       f"{ndimage.label(kept)[1]} (the two lungs touch: right and left come next)")
+print(f"removed {removed.sum() * voxel_ml:,.0f} mL (red), filled {filled.sum() * voxel_ml:,.0f} mL (yellow)")
+
+# %% [markdown]
+# What the 3D step changed, on the planes where it changed most: kept lung in green, the regions it
+# removed in red, what it filled in yellow.
+
+# %%
+show_axial_and_coronal(kept.astype(np.uint8), "the 3D step: kept green, removed red, filled yellow",
+                       output_dir / "figures" / "06_3d_step.png", painted={(0.9, 0.1, 0.1): removed, (1.0, 0.8, 0.0): filled});
 
 # %% [markdown]
 # ## Right and left lung
@@ -259,10 +282,10 @@ lu.save_figure(figure, output_dir / "figures" / "06_tumours.png", synthetic);
 # %% [markdown]
 # The tumour that the lung encloses comes back: a hole in the lung in 3D is lung. The one on the chest
 # wall does not: nothing closes the lung's outline over it, and the model took its density for the
-# chest wall. Teaching the network with lesions pasted into its training lungs (02's `LESIONS`) is the
-# data-diversity answer; at our data's size it cost the other scanner's Dice more than it gained
-# ([RESULTS.md](../RESULTS.md)), so it is off by default. Check the mask before you trust the volume of
-# a diseased lung.
+# chest wall. Teaching the network with lesions drawn into its training lungs (02's `LESIONS`) is the
+# data-diversity answer. It stays off by default until training with it is shown, over several
+# training seeds, not to cost dark lung elsewhere. Check the mask before you trust the volume of a
+# diseased lung.
 
 # %% [markdown]
 # ## Your own scan
@@ -293,6 +316,15 @@ for preview in measured.get("preview", []):  # one per scan segmented
     axis.imshow(plt.imread(preview)), axis.axis("off")
 
 # %% [markdown]
+# ## This run
+# The parameters as this run saw them, the model and the example, the device and the library
+# versions: what a rerun needs to match.
+
+# %%
+show_config(globals(), models=models_dir, example=example.name,
+            trained_on="SYNTHETIC phantoms, not real CT" if synthetic else "real CT slices")
+
+# %% [markdown]
 # ## What you learned
 # - A DICOM series becomes a volume in HU by its headers: position for the order, spacing for the voxel's
 #   size, slope and intercept for HU. Its volume in mL is voxels x voxel size.
@@ -303,11 +335,10 @@ for preview in measured.get("preview", []):  # one per scan segmented
 #
 # ## Try this
 # 1. Set `MODEL = "unet"` and rerun: how many regions does the U-Net leave before the 3D step, and what is
-#    its Dice with the reference? (RESULTS.md's table has the answer for this scan.)
-# 2. Set `THRESHOLD = 0.3`, then `0.7`: the lungs grow and shrink by a few percent, and LAA-950 moves the other
-#    way (down at 0.3, up at 0.7). A higher threshold drops the boundary voxels, which are denser (they
-#    share their volume with the chest wall and vessels), so the lung left is darker. (A test checks it:
-#    `tests/test_exercises.py`.)
+#    its Dice with the reference?
+# 2. Set `THRESHOLD = 0.3`, then `0.7`. Which way do the lung volume and LAA-950 move, and why do they
+#    move in opposite directions? (Hint: where do the voxels lie that only one threshold calls lung,
+#    and what else shares their volume?)
 # 3. Grow the deep tumour, `ball(deep, diameter_mm=60.0)`, and rerun "Lung is anatomy": how much does
 #    the model alone keep now, and does the 3D step still fill it all?
 # 4. Segment a scan of your own (de-identified) and open its `_seg.dcm` or `_mask.nii.gz` in 3D Slicer

@@ -24,4 +24,4 @@ else
 fi
 # The prepared notebooks lie in outputs/nbval/notebooks: their kernels find lungseg/ through PYTHONPATH.
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec .venv/bin/python -m pytest tests "${notebooks[@]}" -p no:cacheprovider "$@"
+exec .venv/bin/python -m pytest tests "${notebooks[@]}" -p no:cacheprovider --durations=15 "$@"

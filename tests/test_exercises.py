@@ -6,9 +6,21 @@ import pytest
 
 import lungseg_utils as lu
 
-from notebook_code import NOTEBOOKS, definitions
+from notebook_code import NOTEBOOKS, code_cells, definitions
 
 REPO_ROOT = NOTEBOOKS.parent
+
+
+def test_01_an_8_bit_export_is_refused_not_read(real_data, real_names, tmp_path):
+    import cv2
+
+    from lungseg.errors import LungsegError
+
+    read_slice = definitions("01_download", "read_slice")["read_slice"]
+    exported = tmp_path / "slice.png"
+    cv2.imwrite(str(exported), cv2.imread(str(real_data / "2d_images" / real_names[0])))  # the exercise's export
+    with pytest.raises(LungsegError, match="slice.png"):
+        read_slice(exported)
 
 
 def test_01_ten_slices_already_show_how_the_collection_was_stored(real_data, real_names):
@@ -41,6 +53,22 @@ def test_04_the_residual_u_nets_extra_parameters_are_its_projections():
     unet, resunet = build_unet(256, 8), build_resunet(256, 8)
     projections = sum(layer.count_params() for layer in resunet.layers if "_proj" in layer.name)
     assert resunet.count_params() - unet.count_params() == projections == 23_240
+
+
+def test_04_without_the_shortcut_the_projections_drop_out_and_the_u_net_is_left():
+    import keras
+
+    cell = next(cell.source for cell in code_cells("04_resunet") if "def residual_block" in cell.source)
+    dropped = cell.replace('y = layers.Add(name=f"{name}_add")([shortcut, y])\n    return layers.Activation("relu", '
+                           'name=f"{name}_out")(y)', 'return layers.Activation("relu")(y)')
+    assert dropped != cell, "04's residual block changed: update the exercise and this test"
+    namespace = definitions("04_resunet", "build_resunet")
+    exec(compile(dropped, "<04_resunet>", "exec"), namespace)
+    keras.utils.clear_session()
+    plain = namespace["build_resunet"](256, 8)
+    assert not [layer for layer in plain.layers if "_proj" in layer.name]  # not on a path to the output
+    build_unet = definitions("03_unet", "conv_block", "build_unet")["build_unet"]
+    assert plain.count_params() == build_unet(256, 8).count_params() == 487_881
 
 
 def test_05_the_threshold_trades_precision_for_recall_and_barely_moves_the_dice(real_data, real_names, committed):

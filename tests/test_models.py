@@ -1,7 +1,6 @@
 """The two networks as the notebooks define them: shapes, the shared skeleton, and saving/reloading
 in a fresh process; the committed models: the same skeleton, and they reproduce their recorded Dice."""
 
-import json
 import subprocess
 import sys
 

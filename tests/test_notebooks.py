@@ -142,7 +142,7 @@ def test_each_notebook_runs_alone_in_a_fresh_output_folder(number, real_data, tm
         record = json.loads((output / "models" / f"{name}.json").read_text())
         assert record["img_size"] == QUICK["IMG_SIZE"] and record["synthetic"] is False
     if number == "05":
-        assert "using the committed ones" in text
+        assert "Models: the committed ones" in text
         evaluation = json.loads((output / "evaluation" / "evaluation.json").read_text())
         pairs = len(list(real_data.glob("2d_images/*.tif")))  # 217 shared; on the full set, slices the models saw
         tested = split_sizes(pairs)["test"]  # are left out of the test
@@ -334,3 +334,71 @@ def test_benchmark_only_settings_are_not_in_the_lessons_parameters_but_reach_the
     assert benchmark_settings({}) == ("", True)
     with pytest.raises(LungsegError, match="LUNGSEG_TRAIN_ON_FLAGGED='no': use True or False"):
         benchmark_settings({"LUNGSEG_TRAIN_ON_FLAGGED": "no"})
+
+
+# --------------------------------------------------------------------------- the reader's first screen
+def _before_the_first_lesson(path: Path) -> list:
+    """The code cells above a notebook's first lesson heading (the first "## " heading after Parameters),
+    with the imports cell and the Parameters cell left out."""
+    cells, seen_parameters = [], False
+    for cell in jupytext.read(path).cells:
+        heading = re.match(r"## (.+)", cell.source) if cell.cell_type == "markdown" else None
+        if heading and heading.group(1).startswith("Parameters"):
+            seen_parameters = True
+        elif heading and seen_parameters:
+            return cells
+        elif cell.cell_type == "code" and "parameters" not in cell.metadata.get("tags", []):
+            body = ast.parse(cell.source).body
+            if not (body and all(isinstance(node, (ast.Import, ast.ImportFrom)) for node in body)):
+                cells.append(cell)
+    raise AssertionError(f"{path.name} has no lesson heading after its Parameters")
+
+
+@pytest.mark.parametrize("source", NOTEBOOK_SOURCES, ids=lambda p: p.stem)
+def test_the_set_up_before_the_first_lesson_is_short(source):
+    """At most 10 lines of set-up code (imports and Parameters aside) and at most 4 lines of output
+    before the first lesson, in the published notebook too: no configuration table at the top."""
+    cells = _before_the_first_lesson(source)
+    lines = [line for cell in cells for line in cell.source.splitlines() if line.strip()]
+    assert len(lines) <= 10, f"{source.name}: {len(lines)} lines of set-up code before its first lesson"
+    published = {cell.source: cell for cell in nbformat.read(source.with_suffix(".ipynb"), as_version=4).cells}
+    shown = []
+    for cell in cells:
+        for output in published[cell.source].get("outputs", []):
+            assert "text/html" not in output.get("data", {}), f"{source.name}: a table before its first lesson"
+            shown += "".join(output.get("text", "") + output.get("data", {}).get("text/plain", "")).splitlines()
+    assert len([line for line in shown if line.strip()]) <= 4, f"{source.name}: {shown}"
+
+
+@pytest.mark.parametrize("source", NOTEBOOK_SOURCES, ids=lambda p: p.stem)
+def test_exercises_are_open_questions_and_the_run_is_shown_at_the_end(source):
+    """d2l's "Try this": questions, no answers and no word of the tests that hold their solutions; the
+    configuration of the run (parameters, device, versions) printed once, after the lesson."""
+    text = source.read_text()
+    exercises = text[text.index("# ## Try this"):text.index("# **Next →**")]
+    assert "test" not in exercises.lower() and "has the answer" not in exercises, f"{source.name}: {exercises}"
+    numbered = re.findall(r"^# \d\. (.*?)(?=^# \d\. |\Z)", exercises, flags=re.M | re.S)
+    assert numbered and all("?" in exercise or "Segment a scan" in exercise for exercise in numbered), source.name
+    calls = [cell for cell in jupytext.read(source).cells if "show_config(" in cell.source]
+    assert len(calls) == 1 and text.index("show_config(globals()") > text.index("# ## This run"), source.name
+
+
+def test_the_numbers_the_lessons_quote_are_those_of_the_committed_results():
+    """Each decision a lesson states with a number: the number is in the notebook, and the saved result it
+    comes from says the same (the cross-validations in benchmarks/results/previous-defaults, the seeds)."""
+    results = REPO_ROOT / "benchmarks" / "results"
+    texts = {path.stem: " ".join(path.read_text().replace("# ", " ").split()) for path in NOTEBOOK_SOURCES}
+
+    def differences(label):
+        versus = json.loads((results / "previous-defaults" / f"cv-{label}.json").read_text())["versus_default"]
+        return [abs(versus[model]["mean_difference"]) for model in ("unet", "resunet")]
+
+    for stem, quoted, label, bound in [("03_unet", "within 0.0003", "bf16", 0.0003),
+                                       ("03_unet", "within 0.0002", "dice3", 0.0002),
+                                       ("02_preprocess", "by less than 0.0005", "clean-training", 0.0005)]:
+        assert quoted in texts[stem], f"{stem} no longer says {quoted!r}: update this test"
+        assert all(round(d, 4) <= bound for d in differences(label)), (stem, quoted, differences(label))
+    assert "0.001 to 0.002 higher" in texts["03_unet"]
+    assert all(0.001 <= round(d, 3) <= 0.002 for d in differences("lr1e-3"))
+    seeds = json.loads((results / "seeds.json").read_text())["summary"]["cip_dice"]
+    assert f"spans {seeds['range']:.2f}" in texts["02_preprocess"] and seeds["seeds"] >= 3

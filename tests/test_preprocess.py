@@ -5,8 +5,9 @@ import numpy as np
 from conftest import split_sizes
 import pytest
 
-from lungseg_utils import (LungsegError, augment_pair, check_img_size, make_augmenter, make_dataset, preprocess_slice,
+from lungseg_utils import (LungsegError, augment_pair, make_augmenter, make_dataset, preprocess_slice,
                            read_mask, read_slice, resize_mask, window_hu)
+from lungseg.checks import check_img_size
 from notebook_code import definitions
 
 split_slices = definitions("02_preprocess", "split_slices")["split_slices"]  # 02's cell, as a learner reads it
