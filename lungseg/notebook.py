@@ -103,7 +103,7 @@ def load_arrays(notebook: str, output_dir: str = "outputs", img_size: int = 256,
     preprocessing = json.loads((data / "preprocess.json").read_text())
     with np.load(data / "arrays.npz") as archive:
         arrays = dict(archive)
-    slices = preprocessing["slices"]
+    slices = {split: len(arrays[f"x_{split}"]) for split in ("train", "val", "test")}
     print(f"data: {slices['train']} training, {slices['val']} validation and {slices['test']} test slices of "
           f"{preprocessing['img_size']}x{preprocessing['img_size']} of {Path(preprocessing['data_root']).name}"
           f"{data_label(preprocessing['synthetic'])} (02)")
