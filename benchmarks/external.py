@@ -137,10 +137,16 @@ def run_volume(case: dict, model, record: dict, model_name: str, work: Path) -> 
     started = time.perf_counter()
     table = scans.predict_scans(model, record, case["input"], out, model_name=model_name, log=lambda line: None)
     seconds = time.perf_counter() - started
-    row = table.iloc[-1]
-    written = nib.load(row["mask"])
-    ours, affine = np.asarray(written.dataobj) > 0, written.affine
     scan = scans.find_scans(case["input"])[0][1]()
+    refused = None
+    if len(table):
+        row = table.iloc[-1]
+        written = nib.load(row["mask"])
+        ours, affine = np.asarray(written.dataobj) > 0, written.affine
+    else:  # refused (a user gets "not segmented: ..."): score the mask the model made all the same
+        refused, row = "; ".join(table.attrs.get("problems", [])) or "no row", {}
+        labels = scans.segment_scan(model, scan, record)
+        ours, affine = scans.from_model_axes(labels > 0, scan.orientation), scan.affine
     hu = scans.from_model_axes(scan.hu, scan.orientation)  # the CT in HU on the mask's grid
     reference, reference_affine = read_reference(case["reference"], case["labels"])
     if case.get("reference_first_slice"):  # a crop that kept its volume's affine (SOURCE.md): put it where it lies
@@ -149,7 +155,7 @@ def run_volume(case: dict, model, record: dict, model_name: str, work: Path) -> 
         reference_affine = reference_affine @ shift
     on_grid = onto_grid(reference, reference_affine, ours.shape, affine)
     result = {**compare(ours, on_grid, hu, affine), "seconds": round(seconds, 2),
-              "note": row.get("note") if isinstance(row.get("note"), str) else None,
+              "note": row.get("note") if isinstance(row.get("note"), str) else None, "refused": refused,
               "reference_ml_own_grid": float(reference.sum() * abs(np.linalg.det(reference_affine[:3, :3])) / 1000)}
     return result, {"hu": hu, "ours": ours, "reference": on_grid, "affine": affine}
 

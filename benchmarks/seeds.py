@@ -61,7 +61,8 @@ def flatten(external: dict, pathology_cip: dict, pathology_kaggle: dict, teachin
             "cip_dice": cip["dice"], "cip_lung_ml": cip["lung_ml"],
             "cip_laa950_points": abs(cip["laa950_percent"] - cip["reference_laa950_percent"]),
             "example_ct_dice": example["dice"], "example_ct_false_lung_ml": example["false_lung_ml"],
-            "upper_abdomen_lung_ml": abdomen["lung_ml"], "lidc_lung_pixels_per_slice": external["lidc"]}
+            "upper_abdomen_lung_ml": abdomen["lung_ml"], "lidc_lung_pixels_per_slice": external["lidc"],
+            "external_refused": sum(bool(case.get("refused")) for case in (cip, example, abdomen))}
     lesions = [kind for kind in pathology_cip if kind != "none"]
     for source, scores in (("cip", pathology_cip), ("kaggle", pathology_kaggle)):
         for kind, result in scores.items():

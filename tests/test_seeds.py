@@ -21,7 +21,8 @@ def test_flatten_takes_the_least_kept_lesion_and_the_lowest_dice():
     external = {"cip-copdgene-64": {"dice": 0.97, "lung_ml": 4500.0, "laa950_percent": 18.5,
                                     "reference_laa950_percent": 19.7},
                 "totalsegmentator-example-ct": {"dice": 0.85, "false_lung_ml": 3.0},
-                "totalsegmentator-example-ct-dicom": {"lung_ml": 5.5}, "lidc": 48000.0}
+                "totalsegmentator-example-ct-dicom": {"lung_ml": 5.5, "refused": "the lung found has a mean of 19 HU"},
+                "lidc": 48000.0}
     cip = _lesions({"mass": 0.2, "nodules": 0.6}, {"none": 0.97, "mass": 0.95, "nodules": 0.93})
     kaggle = _lesions({"mass": None, "nodules": 0.4}, {"none": 0.98, "mass": 0.96, "nodules": 0.97})
     flat = seeds.flatten(external, cip, kaggle, {"dice_mean": 0.988, "dice_min": 0.96})
@@ -30,6 +31,7 @@ def test_flatten_takes_the_least_kept_lesion_and_the_lowest_dice():
     assert flat["pathology_kaggle_kept_min"] == 0.4  # a lesion with no pixels (None) is left out, not taken as 0
     assert flat["pathology_kaggle_dice_min"] == 0.96 and flat["pathology_kaggle_mass_kept"] is None
     assert flat["upper_abdomen_lung_ml"] == 5.5 and flat["teaching_test_dice"] == 0.988
+    assert flat["external_refused"] == 1  # a scan a user gets "not segmented" for is counted, and still scored
 
 
 def test_summarise_gives_each_seed_the_mean_and_the_range():
