@@ -469,8 +469,37 @@ SEED_SCORES = [  # (key in seeds.py's flat scores, column title, digits)
     ("cip_laa950_points", "COPD LAA-950 error, points", 2), ("example_ct_dice", "lung bases Dice", 3),
     ("example_ct_false_lung_ml", "colon gas called lung, mL", 1), ("upper_abdomen_lung_ml", "abdomen, no lung: mL", 1),
     ("pathology_cip_kept_min", "COPD chest: least-kept lesion", 2), ("pathology_cip_dice_min", "COPD chest: lowest Dice", 3),
+    ("pathology_cip_kept_mean", "COPD chest: mean kept over lesion types", 2),
     ("pathology_kaggle_kept_min", "Kaggle held-out: least-kept lesion", 2),
-    ("pathology_kaggle_dice_min", "Kaggle held-out: lowest Dice", 3)]
+    ("pathology_kaggle_dice_min", "Kaggle held-out: lowest Dice", 3),
+    ("pathology_kaggle_kept_mean", "Kaggle held-out: mean kept over lesion types", 2),
+    ("external_refused", "external scans refused", 0)]
+
+
+def _kept_mean(summary: dict, source: str) -> dict:
+    """Per seed, the mean share kept over the lesion types of one pathology source; its mean and range."""
+    kinds = [entry["per_seed"] for key, entry in summary.items()
+             if key.startswith(f"pathology_{source}_") and key.endswith("_kept") and key != f"pathology_{source}_kept"]
+    per_seed = {}
+    for seed in (kinds[0] if kinds else {}):
+        values = [kind[seed] for kind in kinds if kind.get(seed) is not None]
+        per_seed[seed] = float(np.mean(values)) if values else None
+    present = [v for v in per_seed.values() if v is not None]
+    return {"mean": float(np.mean(present)), "range": float(np.ptp(present))} if present else {}
+
+
+SEED_DESIGNS = {  # label -> what the design is and where its code lies (a design not adopted stays on its branch)
+    "defaults": "today's defaults (gas pockets pasted once into the saved training arrays; no lesions)",
+    "anatomic": "design 2, branch `anatomic-lesions` (fd23822): gas pockets, disease shaped by the lung's outline "
+                "(dependent bands, pleural wedges and half-discs, a lobe beyond a line, nodules, ground glass; soft-"
+                "tissue HU, air bronchograms) in half of the draws and emphysema-like darker lung in a quarter, all "
+                "drawn afresh for every batch",
+    "resolution": "design 3, branch `resolution` (9438d5a): gas pockets drawn afresh for every batch (design 1's "
+                  "pipeline) and 30% of the draws averaged down to a 2-8x coarser grid and back; no lesions",
+    "no-lung": "design 4, branch `no-lung` (d51a1be): design 2's disease and dark lung, design 3's coarser grid, "
+               "and lungless negatives (the lung filled with soft tissue and bowel gas, its mask emptied) in 10% of "
+               "the draws",
+}
 
 
 def seeds_section(runs: list[dict]) -> list[str]:
@@ -482,14 +511,19 @@ def seeds_section(runs: list[dict]) -> list[str]:
              "| design | seeds | " + " | ".join(title for _, title, _ in SEED_SCORES) + " |",
              "|---|---|" + "---|" * len(SEED_SCORES)]
     for run in runs:
-        summary = run["summary"]
+        summary = {**run["summary"], "pathology_cip_kept_mean": _kept_mean(run["summary"], "cip"),
+                   "pathology_kaggle_kept_mean": _kept_mean(run["summary"], "kaggle")}
+        if "external_refused" not in summary:  # recorded since; a harness without it stopped at any refusal
+            summary["external_refused"] = {"mean": 0.0, "range": 0.0}
         cells = []
         for key, _, digits in SEED_SCORES:
             entry = summary.get(key) or {}
             cells.append("n/a" if entry.get("mean") is None else
                          f"{entry['mean']:.{digits}f} ({entry['range']:.{digits}f})")
         lines.append(f"| {run['label']} | {', '.join(map(str, run['seeds']))} | " + " | ".join(cells) + " |")
-    lines += ["", "Measured with:", ""] + [f"    {run['command']}  # {run['device']}, {run['date']}" for run in runs]
+    lines += [""] + [f"- {run['label']}: {SEED_DESIGNS.get(run['label'], 'a design')}." for run in runs]
+    lines += ["", "Measured with (each design on its own branch):", ""]
+    lines += [f"    {run['command']}  # {run['device']}, {run['date']}" for run in runs]
     return lines + [""]
 
 

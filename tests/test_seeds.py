@@ -52,4 +52,13 @@ def test_the_results_table_shows_mean_and_range_per_design():
            "summary": seeds.summarise({0: {"cip_dice": 0.97}, 1: {"cip_dice": 0.88}, 2: {"cip_dice": 0.94}})}
     lines = render_results.seeds_section([run])
     row = next(line for line in lines if line.startswith("| defaults |"))
-    assert "| 0, 1, 2 |" in row and "0.930 (0.090)" in row and row.count("n/a") == len(render_results.SEED_SCORES) - 1
+    assert "| 0, 1, 2 |" in row and "0.930 (0.090)" in row
+    assert row.count("n/a") == len(render_results.SEED_SCORES) - 2  # and 'refused' 0: an older harness stopped at one
+
+
+def test_the_mean_kept_share_is_taken_per_seed_over_the_lesion_types():
+    summary = seeds.summarise({0: {"pathology_cip_mass_kept": 0.2, "pathology_cip_nodules_kept": 0.6},
+                               1: {"pathology_cip_mass_kept": 0.0, "pathology_cip_nodules_kept": None}})
+    kept = render_results._kept_mean(summary, "cip")
+    assert kept["mean"] == pytest.approx((0.4 + 0.0) / 2) and kept["range"] == pytest.approx(0.4)
+    assert render_results._kept_mean(summary, "kaggle") == {}
