@@ -522,7 +522,8 @@ def seeds_section(runs: list[dict]) -> list[str]:
                          f"{entry['mean']:.{digits}f} ({entry['range']:.{digits}f})")
         lines.append(f"| {run['label']} | {', '.join(map(str, run['seeds']))} | " + " | ".join(cells) + " |")
     lines += [""] + [f"- {run['label']}: {SEED_DESIGNS.get(run['label'], 'a design')}." for run in runs]
-    lines += ["", "Measured with (each design on its own branch):", ""]
+    lines += ["", "Measured with (each design trained on its own branch; the scores of designs 2 and 3 are "
+              "the same when main's code scores their models, `--rescore`):", ""]
     lines += [f"    {run['command']}  # {run['device']}, {run['date']}" for run in runs]
     return lines + [""]
 

@@ -169,7 +169,8 @@ def main(argv=None) -> int:
     parameters = {k: runner.parse_value(v) for k, v in args.parameter}
     if "SEED" in parameters:
         parser.error("give --seeds, not -p SEED")
-    runner.check_parameters(parameters, NOTEBOOKS)
+    if not args.rescore:  # a design's parameters may live only on its branch; rescoring trains nothing
+        runner.check_parameters(parameters, NOTEBOOKS)
     suffix = f"-{args.label}" if args.label else ""
     base = REPO_ROOT / "outputs" / f"seeds{suffix}"
     shared, data_dir = Path(args.shared), Path(args.data_dir)
