@@ -128,9 +128,24 @@ def volumes(shared: Path) -> list[dict]:
     ]
 
 
-def run_volume(case: dict, model, record: dict, model_name: str, work: Path) -> tuple[dict, dict]:
+def written_mask(table, model, record: dict, input_path) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """The lung mask ``predict_scans`` wrote for one volume (True = lung, on the input's array axes), its
+    affine, and None; or, where the checks refused the scan (a user gets "not segmented: ..."), the mask
+    the model made all the same, the scan's affine and the refusal, so that a design is scored, not stopped."""
     import nibabel as nib
 
+    from lungseg import scans
+
+    if len(table):
+        written = nib.load(table.iloc[-1]["mask"])
+        return np.asarray(written.dataobj) > 0, written.affine, None
+    scan = scans.find_scans(input_path)[0][1]()
+    labels = scans.segment_scan(model, scan, record)
+    return (scans.from_model_axes(labels > 0, scan.orientation), scan.affine,
+            "; ".join(table.attrs.get("problems", [])) or "no row")
+
+
+def run_volume(case: dict, model, record: dict, model_name: str, work: Path) -> tuple[dict, dict]:
     from lungseg import scans
 
     out = work / f"{case['name']}-{model_name}"
@@ -138,15 +153,8 @@ def run_volume(case: dict, model, record: dict, model_name: str, work: Path) -> 
     table = scans.predict_scans(model, record, case["input"], out, model_name=model_name, log=lambda line: None)
     seconds = time.perf_counter() - started
     scan = scans.find_scans(case["input"])[0][1]()
-    refused = None
-    if len(table):
-        row = table.iloc[-1]
-        written = nib.load(row["mask"])
-        ours, affine = np.asarray(written.dataobj) > 0, written.affine
-    else:  # refused (a user gets "not segmented: ..."): score the mask the model made all the same
-        refused, row = "; ".join(table.attrs.get("problems", [])) or "no row", {}
-        labels = scans.segment_scan(model, scan, record)
-        ours, affine = scans.from_model_axes(labels > 0, scan.orientation), scan.affine
+    ours, affine, refused = written_mask(table, model, record, case["input"])
+    row = table.iloc[-1] if len(table) else {}
     hu = scans.from_model_axes(scan.hu, scan.orientation)  # the CT in HU on the mask's grid
     reference, reference_affine = read_reference(case["reference"], case["labels"])
     if case.get("reference_first_slice"):  # a crop that kept its volume's affine (SOURCE.md): put it where it lies

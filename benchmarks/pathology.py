@@ -222,6 +222,9 @@ def run_cip(model, record: dict, name: str, shared: Path, work: Path, rng_seed: 
 
     from lungseg import scans
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from external import written_mask  # a refused scan is scored on the model's mask, as for the volumes
+
     hu, lung, affine = cip_volume(shared)
     xyz = world_mm(hu.shape, affine)
     spacing = float(np.abs(affine[:3, :3]).max(axis=0).min())
@@ -235,10 +238,11 @@ def run_cip(model, record: dict, name: str, shared: Path, work: Path, rng_seed: 
         image.header.set_xyzt_units("mm")
         nib.save(image, path)
         table = scans.predict_scans(model, record, path, work / f"out-{name}-{kind}", model_name=name, log=lambda _: None)
-        predicted = np.asarray(nib.load(table.iloc[-1]["mask"]).dataobj) > 0
+        predicted, _, refused = written_mask(table, model, record, path)
         # array axes (x, y, z): move z first for the per-slice Dice
         result = scores(np.moveaxis(predicted, 2, 0), np.moveaxis(lung, 2, 0), np.moveaxis(where, 2, 0))
         result["lesion_ml"] = float(where.sum() * abs(np.linalg.det(affine[:3, :3])) / 1000)
+        result["refused"] = refused
         results[kind] = result
         if kind == "mass_chest_wall":
             pictures = {"ct": ct, "reference": lung, "ours": predicted, "where": where}
