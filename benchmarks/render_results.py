@@ -499,6 +499,10 @@ SEED_DESIGNS = {  # label -> what the design is and where its code lies (a desig
     "no-lung": "design 4, branch `no-lung` (d51a1be): design 2's disease and dark lung, design 3's coarser grid, "
                "and lungless negatives (the lung filled with soft tissue and bowel gas, its mask emptied) in 10% of "
                "the draws",
+    "aerated": "design 5, branch `aerated` (c85d956): the defaults' three models (trained as in the row "
+               "\"defaults\", rescored with `--rescore` from seed folders that hold them) with one more rule in the 3D step: a dense part of the mask half of which lies in slices "
+               "with almost no aerated lung is dropped (the liver or bowel below the lungs)",
+    "aerated-anatomic": "design 2's model of seed 0 with design 5's 3D step",
 }
 
 
