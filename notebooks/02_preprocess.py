@@ -219,8 +219,7 @@ print("mask values:", np.unique(np.concatenate([arrays[f"y_{s}"].ravel() for s i
 # vessels, which lung always has. Cortical bone (+500 HU and more) never takes a pocket; the spongy
 # bone of an older patient's vertebra (100-200 HU) can. The pockets are pasted once, into the saved
 # training arrays; validation and test slices stay as they are. They are what keeps the colon gas
-# beside the lung bases of a scan from another collection out of its lung mask
-#.
+# beside the lung bases of a scan from another collection out of its lung mask.
 
 # %%
 def add_gas_pockets(image01: np.ndarray, mask: np.ndarray, rng: np.random.Generator, hu_window=(-1000, 400),
