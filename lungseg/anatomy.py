@@ -59,10 +59,11 @@ def split_lungs(mask: np.ndarray, midline: float | None = None, min_lung_share: 
     for index, box in enumerate(ndimage.find_objects(regions), start=1):
         inside = regions[box] == index
         column = np.arange(whole[2].start + box[2].start, whole[2].start + box[2].stop)[None, None, :]
-        right_share = np.count_nonzero(inside & (column < split)) / np.count_nonzero(inside)
+        cut = int(np.clip(split - column[0, 0, 0], 0, inside.shape[2]))  # the box's columns before ``split``
+        right_share = np.count_nonzero(inside[:, :, :cut]) / np.count_nonzero(inside)
         crossing = min(right_share, 1 - right_share) >= (0.05 if midline is None else min_lung_share)
-        side = np.where(column < split, 1, 2) if crossing else 1 if right_share >= 0.5 else 2
-        inner[box][inside] = np.broadcast_to(side, inside.shape)[inside]
+        side = np.where(column < split, 1, 2).astype(np.uint8) if crossing else 1 if right_share >= 0.5 else 2
+        np.copyto(inner[box], side, where=inside)
     return labels
 
 
@@ -178,19 +179,36 @@ def _count_up(dense: np.ndarray) -> np.ndarray:
 
 def _fill_enclosed(mask: np.ndarray) -> np.ndarray:
     """The mask with every hole that it encloses in 3D filled: the connected parts of its complement,
-    within the mask's bounding box, that touch no face of that box."""
+    within the mask's bounding box, that touch no face of that box. Such a hole is made, slice by slice,
+    of the slice's own holes (the complement's parts that do not reach the box's sides, found in 2D), so
+    only those are followed in 3D: one that meets open complement in the slice above or below is open."""
     if not mask.any():
         return mask
     box = _bounding_box(mask)
-    holes, count = ndimage.label(~mask[box])
-    if not count:
+    complement = ~mask[box]
+    in_plane = np.zeros(complement.shape, bool)  # the slices' holes; none in the first and last slice (faces)
+    for k in range(1, len(complement) - 1):
+        count, parts = cv2.connectedComponents(complement[k].astype(np.uint8), connectivity=4)  # ndimage.label's
+        if count > 1:
+            reaches_side = np.zeros(count, bool)
+            reaches_side[np.concatenate([parts[0], parts[-1], parts[:, 0], parts[:, -1]])] = True
+            reaches_side[0] = True  # label 0: the mask
+            in_plane[k] = ~reaches_side[parts]
+    if not in_plane.any():
         return mask
-    open_to_outside = np.zeros(count + 1, bool)
-    for axis in range(3):
-        for end in (0, -1):
-            open_to_outside[np.unique(np.take(holes, end, axis=axis))] = True
+    sub = _bounding_box(in_plane)
+    holes, count = ndimage.label(in_plane[sub])
+    open_part = complement[sub] & ~in_plane[sub]  # complement that reaches a side in its own slice
+    opened = np.zeros(count + 1, bool)
+    opened[0] = True
+    opened[holes[1:][open_part[:-1]]] = True  # a hole part above or below open complement (in ``sub``)
+    opened[holes[:-1][open_part[1:]]] = True
+    for end, beyond in ((0, sub[0].start - 1), (-1, sub[0].stop)):  # open complement just outside ``sub``
+        if 0 <= beyond < len(complement):
+            outer = complement[beyond][sub[1:]] & ~in_plane[beyond][sub[1:]]
+            opened[holes[end][outer]] = True
     filled = mask.copy()
-    filled[box] |= ~open_to_outside[holes]
+    filled[box][sub] |= ~opened[holes]
     return filled
 
 

@@ -6,6 +6,7 @@ labels[slice, row, column]: 0 background, 1 right lung, 2 left lung.
 
 from __future__ import annotations
 
+import inspect
 import weakref
 
 import numpy as np
@@ -17,6 +18,7 @@ from lungseg.reading import Scan
 from lungseg_utils import check_hu, clean_mask, preprocess_slice, resize_image
 
 
+_MAX_HOLE = inspect.signature(clean_mask).parameters["max_hole_fraction"].default  # a share of the slice
 _NETWORKS = weakref.WeakKeyDictionary()  # model -> its forward pass, traced once for any batch size
 
 
@@ -48,6 +50,19 @@ def _scan_probabilities(model, slices, settings: dict, batch_size: int) -> list:
     return [resize_image(p, np.shape(s)) for p, s in zip(probabilities[..., 0], slices)]
 
 
+def _clean_slice(mask: np.ndarray) -> np.ndarray:
+    """``clean_mask(mask)``, computed within the mask's bounding box and a pixel around it: the same pixels
+    (what lies outside is background that reaches the edge either way; the hole limit stays a share of the
+    whole slice), in about half the time on a chest slice."""
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    cleaned = np.zeros(mask.shape, np.uint8)
+    if rows.size:
+        box = slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(columns[0] - 1, 0), columns[-1] + 2)
+        crop = mask[box]
+        cleaned[box] = clean_mask(crop, max_hole_fraction=_MAX_HOLE * mask.size / crop.size)
+    return cleaned
+
+
 def segment_scan(model, scan: Scan, settings: dict, threshold: float = 0.5, postprocess: bool = True,
                  batch_size: int = 8, progress: bool = False) -> np.ndarray:
     """Labels[slice, row, column] for a Scan: 0 background, 1 right lung, 2 left lung (a slice: 1 lung)."""
@@ -61,7 +76,7 @@ def segment_scan(model, scan: Scan, settings: dict, threshold: float = 0.5, post
             chunk = list(scan.hu[start:start + 4 * batch_size])
             for offset, probability in enumerate(_scan_probabilities(model, chunk, settings, batch_size)):
                 mask = (probability >= threshold).astype(np.uint8)
-                masks[start + offset] = clean_mask(mask) if postprocess else mask
+                masks[start + offset] = _clean_slice(mask) if postprocess else mask
             bar.update(len(chunk))
     if scan.kind == "slice":
         return masks

@@ -213,6 +213,65 @@ def test_a_body_wider_than_the_field_of_view_keeps_its_lungs(cip_scan, columns, 
     np.testing.assert_array_equal(kept, lungs)  # both lungs kept whole, the air outside dropped
 
 
+def _filled_by_definition(mask):
+    """What the 3D fill must give, by its definition: the mask with the parts of its complement (6-connected)
+    that lie within the mask's bounding box and touch none of its faces filled."""
+    from lungseg.anatomy import _bounding_box
+
+    box = _bounding_box(mask)
+    holes, count = ndimage.label(~mask[box])
+    opened = np.zeros(count + 1, bool)
+    for axis in range(3):
+        for end in (0, -1):
+            opened[np.take(holes, end, axis=axis)] = True
+    opened[0] = True
+    filled = mask.copy()
+    filled[box] |= ~opened[holes]
+    return filled
+
+
+def test_the_3d_fill_fills_exactly_the_holes_the_mask_encloses(cip_scan):
+    """The fill follows only the slices' own holes in 3D; it must give what labelling the whole complement gives."""
+    from lungseg.anatomy import _fill_enclosed
+
+    lungs = _reference_in_model_axes(cip_scan).astype(bool)
+    rng = np.random.default_rng(0)
+    carved = lungs.copy()
+    grid = np.indices(lungs.shape)
+    for centre in np.argwhere(lungs)[rng.choice(np.count_nonzero(lungs), 40, replace=False)]:
+        radius = rng.uniform(1, 4)  # tumours and cavities: inside a lung, or reaching its outline (then open)
+        carved &= ((grid - centre[:, None, None, None]) ** 2).sum(axis=0) > radius ** 2
+    z, y, x = np.argwhere(lungs).mean(axis=0).astype(int)
+    carved[z:, y, x] = False  # a shaft from a cavity through to the top of the lung: open
+    filled = _fill_enclosed(carved)
+    np.testing.assert_array_equal(filled, _filled_by_definition(carved))
+    assert 0 < np.count_nonzero(filled & ~carved) < np.count_nonzero(lungs & ~carved)  # some holes filled, not all
+    hollow = np.ones((9, 9, 9), bool)
+    hollow[2:7, 2:7, 2:7] = False  # a cavity spanning five slices, closed, then opened to a side, the top, the bottom
+    for opening in (None, (4, 4, slice(0, 3)), (slice(0, 3), 4, 4), (slice(6, 9), 4, 4)):
+        shape = hollow.copy()
+        if opening is not None:
+            shape[opening] = False
+        np.testing.assert_array_equal(_fill_enclosed(shape), _filled_by_definition(shape))
+    for _ in range(200):  # small random volumes: many thin walls and tunnels
+        volume = rng.random(tuple(rng.integers(2, 12, 3))) < rng.uniform(0.4, 0.9)
+        np.testing.assert_array_equal(_fill_enclosed(volume), _filled_by_definition(volume))
+
+
+def test_a_scan_slice_is_cleaned_as_clean_mask_cleans_it(real_data, real_names):
+    """The scan path cleans each slice within its mask's bounding box; the pixels must be clean_mask's."""
+    from lungseg.segmenting import _clean_slice
+
+    rng = np.random.default_rng(1)
+    for name in real_names[:20]:
+        mask = (lu.read_mask(real_data / "2d_masks" / name) > 0).astype(np.uint8)
+        for _ in range(6):  # specks outside, vessels and cysts inside, of every size around the limits
+            y, x, size = int(rng.integers(0, 500)), int(rng.integers(0, 500)), int(rng.integers(1, 22))
+            mask[y:y + size, x:x + size] ^= 1
+        np.testing.assert_array_equal(_clean_slice(mask), lu.clean_mask(mask))
+    assert not _clean_slice(np.zeros((64, 64), np.uint8)).any()
+
+
 def test_no_lungs_found_on_the_abdomen_series(tmp_path):
     _external()
     model, record = lu.load_trained_model(COMMITTED)
