@@ -41,6 +41,8 @@ def run_cells(stem: str, parameters: dict, stop_after: str | None = None) -> dic
     import matplotlib
 
     matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
     namespace: dict = {}
     cells = code_cells(stem)
     assert sum("parameters" in cell.metadata.get("tags", []) for cell in cells) == 1, f"{stem}: no parameters cell"
@@ -49,6 +51,7 @@ def run_cells(stem: str, parameters: dict, stop_after: str | None = None) -> dic
     try:
         for cell in cells:
             exec(compile(cell.source, f"<{stem}>", "exec"), namespace)
+            plt.close("all")  # as Jupyter's inline backend closes a cell's figures once it has shown them
             if "parameters" in cell.metadata.get("tags", []):
                 unknown = set(parameters) - namespace.keys()
                 assert not unknown, f"{stem} declares no parameter {sorted(unknown)}"
