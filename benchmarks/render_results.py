@@ -502,7 +502,11 @@ SEED_DESIGNS = {  # label -> what the design is and where its code lies (a desig
     "aerated": "design 5, branch `aerated` (c85d956): the defaults' three models (trained as in the row "
                "\"defaults\", rescored with `--rescore` from seed folders that hold them) with one more rule in the 3D step: a dense part of the mask half of which lies in slices "
                "with almost no aerated lung is dropped (the liver or bowel below the lungs)",
-    "aerated-anatomic": "design 2's model of seed 0 with design 5's 3D step",
+    "aerated-anatomic": "design 2's models with design 5's 3D step",
+    "anatomic-resolution": "design 6, branch `no-lung` (2ece889) with its lungless negatives off (`NO_LUNG` 0): "
+                           "design 2's disease and dark lung with design 3's coarser grid, the abdomen left to the 3D "
+                           "step",
+    "aerated-anatomic-resolution": "design 6's models with design 5's 3D step",
 }
 
 
