@@ -175,6 +175,105 @@ def preprocess_slice(image_hu: np.ndarray, img_size: int, hu_min: float, hu_max:
     return resize_image(window_hu(image_hu, hu_min, hu_max), img_size)
 
 
+def add_gas_pockets(image01: np.ndarray, mask: np.ndarray, rng: np.random.Generator, hu_window=(-1000, 400),
+                    count=(1, 3), radius_px=(3, 16)) -> np.ndarray:
+    """A windowed slice with 1-3 elliptic pockets of gas (-1000..-900 HU, noise of 20 HU, edges blurred
+    by one pixel; radii in ``radius_px``, for a 256-pixel slice) where the slice is soft tissue
+    (-200..+150 HU, so never cortical bone) at least 4 pixels from the lung. A pocket with no room shrinks."""
+    width = float(hu_window[1] - hu_window[0])
+    image = image01.astype(np.float32).copy()
+    hu = image * width + hu_window[0]
+    soft = ndimage.binary_erosion((hu > -200) & (hu < 150), iterations=2)  # 2 pixels inside: blurred edges stay in it
+    tissue = soft & ~ndimage.binary_dilation(mask.astype(bool), iterations=4)
+    yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+    for _ in range(int(rng.integers(count[0], count[1] + 1))):
+        ry, rx = rng.uniform(*radius_px, size=2)
+        for _smaller in range(6):  # where the whole pocket's box fits in soft tissue; if nowhere, a smaller one
+            box = (2 * int(ry) + 1, 2 * int(rx) + 1)  # a minimum filter is an erosion by the box, and faster
+            room = ndimage.minimum_filter(tissue.astype(np.uint8), box, mode="constant", cval=0).astype(bool)
+            if room.any():
+                break
+            ry, rx = max(0.7 * ry, radius_px[0]), max(0.7 * rx, radius_px[0])
+        if not room.any():
+            break
+        cy, cx = np.argwhere(room)[rng.integers(np.count_nonzero(room))]
+        pocket = ndimage.gaussian_filter((((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1).astype(np.float32), 1.0)
+        gas = (rng.uniform(-1000, -900) + rng.normal(0, 20, image.shape) - hu_window[0]) / width
+        image = np.clip((1 - pocket) * image + pocket * gas, 0, 1)
+        tissue &= pocket < 0.01
+    return image
+
+
+def add_lesions(image01: np.ndarray, mask: np.ndarray, rng: np.random.Generator, hu_window=(-1000, 400),
+                count=(1, 3), radius_px=(3, 30), hu_range=(-500, 80), texture_hu=60.0, on_edge=0.6) -> np.ndarray:
+    """A windowed slice with 1-3 lesions inside the lung: outlines r(angle) = R (1 + a Fourier series of
+    orders 2-5), R log-uniform in ``radius_px`` (for a 256-pixel slice), centred on the lung's edge
+    (share ``on_edge``) or inside it, one density in ``hu_range`` each with smooth texture (SD up to
+    ``texture_hu``) and noise, edges blurred, and clipped to the lung: nothing outside the mask changes."""
+    width = float(hu_window[1] - hu_window[0])
+    image = image01.astype(np.float32).copy()
+    lung = mask.astype(bool)
+    if not lung.any():
+        return image
+    edge = lung & ~ndimage.binary_erosion(lung, iterations=2)
+    yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+    for _ in range(int(rng.integers(count[0], count[1] + 1))):
+        pool = edge if rng.random() < on_edge and edge.any() else lung
+        cy, cx = np.argwhere(pool)[rng.integers(np.count_nonzero(pool))]
+        radius = np.exp(rng.uniform(np.log(radius_px[0]), np.log(radius_px[1])))
+        angle, distance = np.arctan2(yy - cy, xx - cx), np.hypot(yy - cy, xx - cx)
+        outline = np.ones_like(angle)
+        for order in range(2, 6):
+            outline += rng.uniform(0, 0.3 / order * 2) * np.cos(order * angle + rng.uniform(0, 2 * np.pi))
+        blob = (distance <= radius * outline).astype(np.float32)
+        alpha = ndimage.gaussian_filter(blob, rng.uniform(0.5, 1.5)) * lung
+        texture = ndimage.gaussian_filter(rng.normal(0, 1, image.shape), 2.0)
+        hu = rng.uniform(*hu_range) + rng.uniform(0, texture_hu) * texture / (texture.std() + 1e-6) + rng.normal(0, 15, image.shape)
+        image = np.clip((1 - alpha) * image + alpha * (hu - hu_window[0]) / width, 0, 1)
+    return image
+
+
+def coarsen(image01: np.ndarray, rng: np.random.Generator, factor=(2.0, 8.0)) -> np.ndarray:
+    """The slice averaged down to a grid ``f`` times coarser (``f`` uniform in ``factor``) and enlarged back
+    bilinearly to its size: the detail of a scan with ``f`` times larger pixels."""
+    height, width = image01.shape
+    f = rng.uniform(*factor)
+    small = resize_image(image01, (max(2, round(height / f)), max(2, round(width / f))))
+    return np.clip(resize_image(small, (height, width)), 0, 1)
+
+
+class SliceDrawer:
+    """For a batch of windowed slices (N, H, W, 1) and their masks: gas pockets in a share ``gas_pockets``
+    of the slices, lesions in ``lesions``, then a coarser grid in ``resolution``; new draws at every call,
+    the same sequence for the same seed. Returns new images; the masks and the given arrays are unchanged."""
+
+    def __init__(self, gas_pockets=0.0, lesions=0.0, resolution=0.0, hu_window=(-1000, 400), seed=0):
+        self.gas_pockets, self.lesions, self.resolution = float(gas_pockets), float(lesions), float(resolution)
+        self.hu_window, self.rng = tuple(hu_window), np.random.default_rng(seed)
+
+    def __call__(self, images, masks):
+        images = np.array(images, dtype=np.float32)  # a copy
+        scale = images.shape[1] / 256  # the sizes below are for a 256-pixel slice
+        for image, mask in zip(images[..., 0], np.asarray(masks)[..., 0]):
+            changed = image
+            if self.rng.random() < self.gas_pockets:
+                changed = add_gas_pockets(changed, mask, self.rng, self.hu_window, radius_px=(3 * scale, 16 * scale))
+            if self.rng.random() < self.lesions:
+                changed = add_lesions(changed, mask, self.rng, self.hu_window, radius_px=(3 * scale, 30 * scale))
+            if self.rng.random() < self.resolution:
+                changed = coarsen(changed, self.rng)
+            image[...] = changed
+        return images
+
+
+def make_drawer(preprocessing: dict, seed: int = 0):
+    """02's SliceDrawer for a run's settings (preprocess.json), or None when it would draw nothing."""
+    shares = {key: float(preprocessing.get(key) or 0.0) for key in ("gas_pockets", "lesions", "resolution")}
+    if not any(shares.values()):
+        return None
+    return SliceDrawer(**shares, hu_window=(preprocessing["hu_min"], preprocessing["hu_max"]), seed=seed)
+
+
 class ImageOnly(keras.layers.Layer):
     """Apply a layer to channel 0 (the image) of an image+mask stack; the mask passes unchanged."""
 
@@ -288,11 +387,14 @@ class WeightedBceDiceLoss(keras.losses.Loss):
         return {**super().get_config(), "dice_weight": self.dice_weight}
 
 
-def make_dataset(images, masks, batch_size: int, training: bool = False, seed: int = 0, augmenter=None):
+def make_dataset(images, masks, batch_size: int, training: bool = False, seed: int = 0, augmenter=None,
+                 drawer=None):
     dataset = tf.data.Dataset.from_tensor_slices((images, masks))
     if training:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
+    if training and drawer is not None:  # NumPy code in the pipeline: new gas pockets, lesions, coarser grids
+        dataset = dataset.map(lambda x, y: (tf.ensure_shape(tf.numpy_function(drawer, [x, y], tf.float32), x.shape), y))
     if training and augmenter is not None:
         dataset = dataset.map(lambda x, y: augment_pair(x, y, augmenter))
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -223,7 +223,8 @@ def main(argv=None) -> int:
         "settings": {k: first.get(k) for k in ("img_size", "hu_min", "hu_max", "epochs", "batch_size", "learning_rate",
                                                "base_filters", "augmentation", "train_on_flagged", "mixed_precision",
                                                "dice_weight", "seed")}
-        | {"hu_calibration_scale": (first.get("hu_calibration") or {}).get("scale"), "gas_pockets": first.get("gas_pockets")},
+        | {"hu_calibration_scale": (first.get("hu_calibration") or {}).get("scale"), "gas_pockets": first.get("gas_pockets"),
+           "lesions": first.get("lesions"), "resolution": first.get("resolution")},
         "training": {m: {"seconds_per_epoch_mean": float(np.mean([records[f][m]["seconds_per_epoch"] for f in records])),
                          "training_seconds_mean": float(np.mean([records[f][m]["training_seconds"] for f in records])),
                          "best_epochs": [records[f][m]["best_epoch"] for f in records]} for m in MODELS},

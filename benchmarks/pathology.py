@@ -243,6 +243,11 @@ def run_cip(model, record: dict, name: str, shared: Path, work: Path, rng_seed: 
         result = scores(np.moveaxis(predicted, 2, 0), np.moveaxis(lung, 2, 0), np.moveaxis(where, 2, 0))
         result["lesion_ml"] = float(where.sum() * abs(np.linalg.det(affine[:3, :3])) / 1000)
         result["refused"] = refused
+        # measurements.csv's dense-lung shares, in the model's mask and in the reference's
+        from lungseg.measuring import CONSOLIDATION_HU, HAA_HU, share_percent
+        for key, band in (("haa_percent", HAA_HU), ("consolidation_percent", CONSOLIDATION_HU)):
+            result[key] = share_percent(ct[predicted], band)
+            result[f"reference_{key}"] = share_percent(ct[lung], band)
         results[kind] = result
         if kind == "mass_chest_wall":
             pictures = {"ct": ct, "reference": lung, "ours": predicted, "where": where}

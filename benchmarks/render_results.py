@@ -199,7 +199,11 @@ def cv_section(cv: dict, ablations: list[dict]) -> list[str]:
         f"notebooks' functions. Settings: {settings['img_size']} px, {settings['epochs']} epochs, batch "
         f"{settings['batch_size']}, {settings['base_filters']} base filters, learning rate {settings['learning_rate']}, "
         f"augmentation {describe_augmentation(settings['augmentation'])}"
-        + (f", gas pockets in {settings['gas_pockets']:.0%} of the training slices" if settings.get("gas_pockets") else "")
+        + (f", gas pockets in {settings['gas_pockets']:.0%} of the training "
+           + ("draws (new for every batch)" if settings.get("resolution") is not None else "slices (pasted once)")
+           if settings.get("gas_pockets") else "")
+        + (f", lesions in {settings['lesions']:.0%} of the draws" if settings.get("lesions") else "")
+        + (f", {settings['resolution']:.0%} of the draws on a 2-8x coarser grid" if settings.get("resolution") else "")
         + (f", HU calibrated by 01 (scale {settings['hu_calibration_scale']:.3f})"
            if settings.get("hu_calibration_scale") else ", the stored values (no HU calibration)")
         + f", training seed {settings['seed']}. "
@@ -397,6 +401,15 @@ def pathology_section(pathology: dict, before: dict | None, candidates: list[dic
     lesion_ml = {k: v.get("lesion_ml") for k, v in pathology["models"][MODELS[-1]]["cip-copdgene-64"].items()}
     lines += ["", "Lesion sizes on the COPD chest: " + ", ".join(f"{k} {v:.0f} mL" for k, v in lesion_ml.items() if v)
               + ". The types, their places and HU are listed in `benchmarks/pathology.py`."]
+    cip = pathology["models"][MODELS[-1]]["cip-copdgene-64"]
+    shares = [(kind, key, name) for kind, key, name in (("consolidation", "consolidation_percent", "consolidated lung"),
+                                                         ("ground_glass", "haa_percent", "high-attenuation lung (HAA)"))
+              if kind in cip and key in cip[kind]]
+    if shares:
+        lines += ["", f"What `measurements.csv` then reports on the COPD chest ({VARIANTS[MODELS[-1]]}; the reference "
+                  "mask's share in brackets): " + "; ".join(
+                      f"{name} with the {kind.replace('_', ' ')} {cip[kind][key]:.1f}% ({cip[kind]['reference_' + key]:.1f}%)"
+                      for kind, key, name in shares) + ". A mask that leaves dense lung out cannot measure it."]
     if before:
         lines += ["", f"\"Before\": the models and the 3D step of main 6f233a1 (`{before['command']}`, run there)."]
     for c in candidates:
@@ -489,13 +502,14 @@ def _kept_mean(summary: dict, source: str) -> dict:
 
 
 SEED_DESIGNS = {  # label -> what the design is and where its code lies (a design not adopted stays on its branch)
-    "defaults": "today's defaults (gas pockets pasted once into the saved training arrays; no lesions)",
+    "defaults": "the defaults before design 3 (gas pockets pasted once into the saved training arrays; no lesions)",
     "anatomic": "design 2, branch `anatomic-lesions` (fd23822): gas pockets, disease shaped by the lung's outline "
                 "(dependent bands, pleural wedges and half-discs, a lobe beyond a line, nodules, ground glass; soft-"
                 "tissue HU, air bronchograms) in half of the draws and emphysema-like darker lung in a quarter, all "
                 "drawn afresh for every batch",
-    "resolution": "design 3, branch `resolution` (9438d5a): gas pockets drawn afresh for every batch (design 1's "
-                  "pipeline) and 30% of the draws averaged down to a 2-8x coarser grid and back; no lesions",
+    "resolution": "design 3, **today's defaults** (measured on branch `resolution`, 9438d5a; main's `SliceDrawer` since "
+                  "issue 38's adoption): gas pockets drawn afresh for every batch and 30% of the draws averaged down to a "
+                  "2-8x coarser grid and back; no lesions",
     "no-lung": "design 4, branch `no-lung` (d51a1be): design 2's disease and dark lung, design 3's coarser grid, "
                "and lungless negatives (the lung filled with soft tissue and bowel gas, its mask emptied) in 10% of "
                "the draws",
@@ -617,7 +631,9 @@ def summary_table() -> str:
                      f"{chest[model]['laa950_percent']:.1f} | {bases[model]['dice']:.3f} | "
                      f"{abdomen[model]['lung_ml']:.1f} | {100 * share:.0f}% ({kind.replace('_', ' ')}) |")
     dates = sorted({cv["date"], external["date"], pathology["date"]})
-    return "\n".join(lines + ["", f"CPU, {', '.join(dates)}, at the defaults; "
+    cv_settings = ("" if "resolution" in cv["settings"] else
+                   " (the cross-validation at the defaults before design 3: gas pockets pasted once, no coarser grid)")
+    return "\n".join(lines + ["", f"CPU, {', '.join(dates)}, at the defaults{cv_settings}; "
                                f"`{_portable(cv['command'])}`, `{external['command']}` and `{pathology['command']}`. "
                                "Details, every comparison and the timings: [RESULTS.md](RESULTS.md)."])
 

@@ -198,7 +198,7 @@ def main(argv=None) -> int:
                          + (f" --label {args.label}" if args.label else "") + " --seeds " + " ".join(map(str, per_seed)),
               "date": time.strftime("%Y-%m-%d"), "device": record.get("device"), "machine": platform.platform(),
               "settings": {k: record.get(k) for k in ("epochs", "batch_size", "learning_rate", "base_filters", "img_size",
-                                                      "augmentation", "gas_pockets", "lesions")},
+                                                      "augmentation", "gas_pockets", "lesions", "resolution")},
               "summary": summarise(per_seed)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     target = RESULTS / f"seeds{suffix}.json"

@@ -58,10 +58,11 @@ def check_training_settings(epochs, batch_size, img_size, base_filters, learning
 
 
 def check_augmentation(augmentation: dict) -> None:
-    """02's augmentation parameters: numbers >= 0; HU_SCALE and HU_CONTRAST below 1, BLUR_SIGMA, GAS_POCKETS
-    and LESIONS at most 1."""
+    """02's augmentation parameters: numbers >= 0; HU_SCALE and HU_CONTRAST below 1; BLUR_SIGMA and the
+    shares GAS_POCKETS, LESIONS and RESOLUTION at most 1."""
     limits = {"rotation_degrees": 180, "hu_scale": 0.99, "hu_shift": 1000, "hu_contrast": 0.99, "noise_hu": 500,
-              "blur_sigma": 1.0, "gas_pockets": 1.0, "lesions": 1.0}
+              "blur_sigma": 1.0, "gas_pockets": 1.0, "lesions": 1.0,
+              "resolution": 1.0}
     for key, limit in limits.items():
         value = augmentation.get(key, 0.0)
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= limit:

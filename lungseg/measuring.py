@@ -1,4 +1,5 @@
-"""Measuring the lungs: volume (right, left, both) and density (mean HU, PD05/PD15/PD95, LAA-950), and
+"""Measuring the lungs: volume (right, left, both) and density (mean HU, PD05/PD15/PD95, LAA-950, the shares of
+high-attenuation and of consolidated lung), and
 whether what was found can be a human lung at the scan's voxel size. Takes a Scan and its labels;
 gives one row of ``measurements.csv`` (:func:`scan_measurements`).
 """
@@ -67,12 +68,22 @@ def field_of_view_cut(scan: Scan, labels: np.ndarray) -> str | None:
 
 
 NO_LUNG_ML = 20.0  # less lung than this in a volume: "no lungs found"
+# Dense lung, as quantitative CT measures it: high-attenuation areas (HAA, -600..-250 HU: ground glass and
+# reticulation, used in interstitial lung disease) and consolidation (-100..+100 HU: lung as dense as soft
+# tissue). Only a mask that keeps diseased lung can measure them; one that leaves dense lung out gives ~0%.
+HAA_HU, CONSOLIDATION_HU = (-600.0, -250.0), (-100.0, 100.0)
+
+
+def share_percent(values: np.ndarray, band: tuple) -> float:
+    """% of the values in [low, high] HU (NaN for none)."""
+    return float(100 * np.mean((values >= band[0]) & (values <= band[1]))) if values.size else np.nan
 
 
 def scan_measurements(scan: Scan, labels: np.ndarray, pixel_spacing_mm: float | None = None) -> dict:
     """Lung size (area in mm² for a slice; volumes in mL, right and left, for a volume) and density:
     mean HU, PD05/PD15/PD95 (HU percentiles) and LAA-950 (% of lung voxels below -950 HU, the
-    emphysema index; PD15 is its density counterpart)."""
+    emphysema index; PD15 is its density counterpart), HAA and consolidation (% of lung voxels in
+    HAA_HU and CONSOLIDATION_HU)."""
     spacing = scan.pixel_spacing_mm or ((pixel_spacing_mm, pixel_spacing_mm) if pixel_spacing_mm else None)
     pixel_area = spacing[0] * spacing[1] if spacing else np.nan
     lung = labels > 0
@@ -100,6 +111,7 @@ def scan_measurements(scan: Scan, labels: np.ndarray, pixel_spacing_mm: float | 
     mean, percentiles = _density(inside) if inside.size else (np.nan, [np.nan] * 3)
     row.update(mean_hu=mean, pd05_hu=percentiles[0], pd15_hu=percentiles[1],
                pd95_hu=percentiles[2], laa950_percent=100 * np.mean(inside < -950) if inside.size else np.nan,
+               haa_percent=share_percent(inside, HAA_HU), consolidation_percent=share_percent(inside, CONSOLIDATION_HU),
                pixel_spacing_mm=" x ".join(f"{v:g}" for v in spacing) if spacing else "unknown",
                slice_spacing_mm=float(np.mean(scan.slice_thickness_mm)) if scan.kind == "volume" else np.nan)
     return row

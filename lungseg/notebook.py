@@ -49,7 +49,7 @@ def show_config(namespace: dict, **resolved):
 AUGMENTATION = {"ROTATION_DEGREES": "rotation_degrees", "FLIP_LEFT_RIGHT": "flip_left_right",
                 "FLIP_UP_DOWN": "flip_up_down", "HU_SCALE": "hu_scale", "HU_SHIFT": "hu_shift",
                 "HU_CONTRAST": "hu_contrast", "NOISE_HU": "noise_hu", "BLUR_SIGMA": "blur_sigma",
-                "GAS_POCKETS": "gas_pockets", "LESIONS": "lesions"}
+                "GAS_POCKETS": "gas_pockets", "LESIONS": "lesions", "RESOLUTION": "resolution"}
 
 
 def check_parameters(namespace: dict) -> None:

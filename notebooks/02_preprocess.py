@@ -21,8 +21,9 @@
 # A network wants small inputs of similar range; a CT slice is 512x512 int16 HU from about -3000
 # to 3000. This notebook turns the verified slices of `01_download` into training arrays: it maps a
 # window of HU to [0, 1], resizes images and masks (keeping masks binary), splits the slices into
-# train/validation/test **once** with a saved manifest, and shows what data augmentation does
-# (changes of intensity, on by default; flips and rotations, off). Cells marked `#@save` are also in
+# train/validation/test **once** with a saved manifest, and shows what data augmentation does: gas
+# pockets that are not lung, lesions that are, a coarser grid, and changes of intensity, each drawn
+# afresh for every batch while the saved arrays stay as the data are. Cells marked `#@save` are also in
 # `lungseg_utils.py`, because the training notebooks and the evaluation use them.
 
 # %%
@@ -71,8 +72,9 @@ HU_SHIFT = 50.0  # ± HU added
 HU_CONTRAST = 0.0  # ± contrast about the slice's mean (a fraction)
 NOISE_HU = 20.0  # Gaussian noise, HU
 BLUR_SIGMA = 1.0  # Gaussian blur of up to this many pixels (at most 1)
-GAS_POCKETS = 0.5  # share of training slices given pockets of bowel gas that are not lung; see "Gas is not lung"
-LESIONS = 0.0  # share of training slices given dense lesions inside the lung, labelled lung; see "Diseased lung is lung"
+GAS_POCKETS = 0.5  # share of training draws given pockets of bowel gas that are not lung; see "Gas is not lung"
+LESIONS = 0.0  # share of training draws given dense lesions inside the lung, labelled lung; see "Diseased lung is lung"
+RESOLUTION = 0.3  # share of training draws shown on a 2-8x coarser grid; see "A coarser grid"
 
 # %%
 output_dir = REPO_ROOT / OUTPUT_DIR
@@ -214,18 +216,20 @@ print("mask values:", np.unique(np.concatenate([arrays[f"y_{s}"].ravel() for s i
 # In standard HU, gas in the stomach and bowel (about -1000, and -950 where it borders the gut wall)
 # is as dark as the darkest lung, and the chest slices here hold almost none of it: a model never
 # told otherwise takes every dark pocket inside the body for lung. So `GAS_POCKETS` of the training
-# slices get one to three pockets of gas pasted into soft tissue (-200..+150 HU: fat, muscle and
-# organs) away from the lungs, labelled "not lung": homogeneous air with noise, with soft edges, and no
-# vessels, which lung always has. Cortical bone (+500 HU and more) never takes a pocket; the spongy
-# bone of an older patient's vertebra (100-200 HU) can. The pockets are pasted once, into the saved
-# training arrays; validation and test slices stay as they are. They are what keeps the colon gas
-# beside the lung bases of a scan from another collection out of its lung mask.
+# draws get one to three pockets of gas in soft tissue (-200..+150 HU: fat, muscle and organs) away
+# from the lungs, labelled "not lung": homogeneous air with noise, with soft edges, and no vessels,
+# which lung always has. Cortical bone (+500 HU and more) never takes a pocket; the spongy bone of an
+# older patient's vertebra (100-200 HU) can. Like the augmentation below, the pockets are drawn afresh
+# each time a batch is drawn, inside 03's input pipeline, so every slice is seen both with and
+# without them; the saved arrays stay as the data are. They are what keeps the colon gas beside the
+# lung bases of a scan from another collection out of its lung mask.
 
 # %%
+#@save
 def add_gas_pockets(image01: np.ndarray, mask: np.ndarray, rng: np.random.Generator, hu_window=(-1000, 400),
                     count=(1, 3), radius_px=(3, 16)) -> np.ndarray:
     """A windowed slice with 1-3 elliptic pockets of gas (-1000..-900 HU, noise of 20 HU, edges blurred
-    by one pixel; radii in ``radius_px``, for a 256-pixel slice) pasted where the slice is soft tissue
+    by one pixel; radii in ``radius_px``, for a 256-pixel slice) where the slice is soft tissue
     (-200..+150 HU, so never cortical bone) at least 4 pixels from the lung. A pocket with no room shrinks."""
     width = float(hu_window[1] - hu_window[0])
     image = image01.astype(np.float32).copy()
@@ -235,8 +239,9 @@ def add_gas_pockets(image01: np.ndarray, mask: np.ndarray, rng: np.random.Genera
     yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
     for _ in range(int(rng.integers(count[0], count[1] + 1))):
         ry, rx = rng.uniform(*radius_px, size=2)
-        for _smaller in range(6):  # where the whole pocket fits in soft tissue; if nowhere, a smaller one
-            room = ndimage.binary_erosion(tissue, np.ones((2 * int(ry) + 1, 2 * int(rx) + 1)))
+        for _smaller in range(6):  # where the whole pocket's box fits in soft tissue; if nowhere, a smaller one
+            box = (2 * int(ry) + 1, 2 * int(rx) + 1)  # a minimum filter is an erosion by the box, and faster
+            room = ndimage.minimum_filter(tissue.astype(np.uint8), box, mode="constant", cval=0).astype(bool)
             if room.any():
                 break
             ry, rx = max(0.7 * ry, radius_px[0]), max(0.7 * rx, radius_px[0])
@@ -249,25 +254,23 @@ def add_gas_pockets(image01: np.ndarray, mask: np.ndarray, rng: np.random.Genera
         tissue &= pocket < 0.01
     return image
 
+# %% [markdown]
+# One draw on a copy of a training slice (the pockets outlined in red): the mask does not change.
+
 # %%
-rng = np.random.default_rng(SPLIT_SEED)
-given = np.flatnonzero(rng.random(len(arrays["x_train"])) < GAS_POCKETS)
-before = arrays["x_train"][given[:1], ..., 0].copy()  # the first one as it was, to mark its pockets
-for k in given:
-    arrays["x_train"][k, ..., 0] = add_gas_pockets(arrays["x_train"][k, ..., 0], arrays["y_train"][k, ..., 0], rng,
-                                                   (HU_MIN, HU_MAX), radius_px=(3 * IMG_SIZE / 256, 16 * IMG_SIZE / 256))
-print(f"gas pockets pasted into {len(given)} of {len(arrays['x_train'])} training slices")
-if len(given):
-    k = given[0]
-    pockets = np.abs(arrays["x_train"][k, ..., 0] - before[0]) > 0.05  # where the slice changed
-    figure, axes = plt.subplots(1, 3, figsize=(9.6, 3.4))
-    for axis, picture, name in [(axes[0], before[0], "before"), (axes[1], arrays["x_train"][k, ..., 0], "with gas pockets"),
-                                (axes[2], arrays["y_train"][k, ..., 0], "mask (unchanged)")]:
-        axis.imshow(picture, cmap="gray", vmin=0, vmax=1)
-        axis.set_title(name, fontsize=10), axis.set_xticks([]), axis.set_yticks([])
-    axes[1].contour(pockets, [0.5], colors="red", linewidths=1)
-    figure.suptitle("Gas is not lung: the pockets (red) are labelled background" + lu.data_label(dataset["synthetic"]))
-    lu.save_figure(figure, output_dir / "figures" / "02_gas_pockets.png", dataset["synthetic"]);
+slice01, slice_mask = arrays["x_train"][0, ..., 0], arrays["y_train"][0, ..., 0]
+with_gas = add_gas_pockets(slice01, slice_mask, np.random.default_rng(SPLIT_SEED), (HU_MIN, HU_MAX),
+                           count=(3, 3), radius_px=(3 * IMG_SIZE / 256, 16 * IMG_SIZE / 256))
+figure, axes = plt.subplots(1, 3, figsize=(9.6, 3.4))
+for axis, picture, name in [(axes[0], slice01, "training slice"), (axes[1], with_gas, "with gas pockets"),
+                            (axes[2], slice_mask, "mask (unchanged)")]:
+    axis.imshow(picture, cmap="gray", vmin=0, vmax=1)
+    axis.set_title(name, fontsize=10), axis.set_xticks([]), axis.set_yticks([])
+axes[1].contour(np.abs(with_gas - slice01) > 0.05, [0.5], colors="red", linewidths=1)
+figure.suptitle("Gas is not lung: the pockets (red) are labelled background" + lu.data_label(dataset["synthetic"]))
+lu.save_figure(figure, output_dir / "figures" / "02_gas_pockets.png", dataset["synthetic"]);
+print("pixels changed:", int(np.count_nonzero(np.abs(with_gas - slice01) > 0.05)),
+      "| saved slice unchanged:", bool(np.array_equal(slice01, arrays["x_train"][0, ..., 0])))
 
 # %% [markdown]
 # ## Diseased lung is lung
@@ -277,17 +280,19 @@ if len(given):
 # trained on them learns that lung is *dark* tissue and cuts dense lesions out. Hofmanninger et al.
 # (2020) found the same for models trained on public data: lung segmentation is "primarily a data
 # diversity problem, not a methodology problem". With no diseased training scans, the diversity can
-# come from augmentation: `LESIONS` of the training slices get one to three lesions pasted *inside*
-# the lung mask, which stays as it is (lung): blobs with irregular outlines, from a few millimetres
+# come from augmentation: `LESIONS` of the training draws get one to three lesions *inside* the
+# lung mask, which stays as it is (lung): blobs with irregular outlines, from a few millimetres
 # to several centimetres, from hazy (-500 HU) to soft tissue (+80 HU), with texture, most of them on
 # the lung's edge, where a lesion meets the chest wall and the lung's outline disappears.
 #
-# **Off by default**, because a model that learns dense lung can lose dark lung elsewhere, such as a
-# COPD patient's emphysema, and one training run cannot say which way it goes: retrained with other
-# seeds at the defaults, the Residual U-Net's Dice on a COPD chest from another collection spans
-# 0.16. Set `LESIONS = 0.5` and retrain 04 to see what it does.
+# **Off by default**, because a 2D network of this size that learns "dense tissue beside the lung can
+# be lung" applies it below the lungs too: lesions shaped like disease, drawn for half the batches,
+# kept most of a consolidation, and the same network called up to 6,547 mL of a lung-bases scan's
+# liver and colon lung ([RESULTS.md](../RESULTS.md), design 2). Set `LESIONS = 0.5` and retrain 04 to
+# see what it does.
 
 # %%
+#@save
 def add_lesions(image01: np.ndarray, mask: np.ndarray, rng: np.random.Generator, hu_window=(-1000, 400),
                 count=(1, 3), radius_px=(3, 30), hu_range=(-500, 80), texture_hu=60.0, on_edge=0.6) -> np.ndarray:
     """A windowed slice with 1-3 lesions inside the lung: outlines r(angle) = R (1 + a Fourier series of
@@ -316,16 +321,9 @@ def add_lesions(image01: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
         image = np.clip((1 - alpha) * image + alpha * (hu - hu_window[0]) / width, 0, 1)
     return image
 
-# %%
-given_lesions = np.flatnonzero(rng.random(len(arrays["x_train"])) < LESIONS)
-for k in given_lesions:
-    arrays["x_train"][k, ..., 0] = add_lesions(arrays["x_train"][k, ..., 0], arrays["y_train"][k, ..., 0], rng,
-                                               (HU_MIN, HU_MAX), radius_px=(3 * IMG_SIZE / 256, 30 * IMG_SIZE / 256))
-print(f"lesions pasted into {len(given_lesions)} of {len(arrays['x_train'])} training slices")
-
 # %% [markdown]
-# What a lesion looks like to the network, on one training slice (at the defaults an example only:
-# `LESIONS = 0` leaves the training slices as they are). The mask stays the same: all of it is lung.
+# What a lesion looks like to the network, on a copy of one training slice (at the defaults an example
+# only: with `LESIONS = 0` training draws none). The mask stays the same: all of it is lung.
 
 # %%
 example = add_lesions(arrays["x_train"][0, ..., 0], arrays["y_train"][0, ..., 0], np.random.default_rng(SPLIT_SEED),
@@ -333,6 +331,82 @@ example = add_lesions(arrays["x_train"][0, ..., 0], arrays["y_train"][0, ..., 0]
 lu.show_pairs([[arrays["x_train"][0, ..., 0], example, arrays["y_train"][0, ..., 0]]],
               ["training slice", "with lesions", "mask (unchanged: lung)"], title="Diseased lung is lung",
               path=output_dir / "figures" / "02_lesions.png", synthetic=dataset["synthetic"], size=3.2);
+
+# %% [markdown]
+# ## A coarser grid
+# The Kaggle slices have pixels of about 0.8 mm; a scan from elsewhere can be much coarser (a
+# low-dose screening series, a thick slab, a volume shrunk to save space: the COPD chest that
+# [RESULTS.md](../RESULTS.md) scores has pixels of 4.17 mm). A network that has only seen sharp slices
+# meets such a scan by chance. So `RESOLUTION` of the training draws are averaged down to a grid 2 to
+# 8 times coarser and brought back to `IMG_SIZE` bilinearly: the same anatomy with the detail of a
+# coarser scan. Over three training seeds, the Residual U-Net's Dice on that COPD chest spans 0.158
+# without the coarser grid and 0.001 with it, at the same Dice on the Kaggle slices.
+
+# %%
+#@save
+def coarsen(image01: np.ndarray, rng: np.random.Generator, factor=(2.0, 8.0)) -> np.ndarray:
+    """The slice averaged down to a grid ``f`` times coarser (``f`` uniform in ``factor``) and enlarged back
+    bilinearly to its size: the detail of a scan with ``f`` times larger pixels."""
+    height, width = image01.shape
+    f = rng.uniform(*factor)
+    small = resize_image(image01, (max(2, round(height / f)), max(2, round(width / f))))
+    return np.clip(resize_image(small, (height, width)), 0, 1)
+
+# %%
+coarse = {f: coarsen(slice01, np.random.default_rng(SPLIT_SEED), factor=(f, f)) for f in (2, 4, 8)}
+lu.show_pairs([[slice01, *coarse.values()]], ["training slice"] + [f"{f}x coarser" for f in coarse],
+              title="A coarser grid, brought back to the same size", path=output_dir / "figures" / "02_coarser.png",
+              synthetic=dataset["synthetic"], size=2.6);
+print({f"{f}x": f"mean {picture.mean():.3f} (slice {slice01.mean():.3f})" for f, picture in coarse.items()})
+
+# %% [markdown]
+# ## Drawn afresh for every batch
+# The three changes above are drawn by `SliceDrawer`, which 03's input pipeline calls on every
+# batch: for each slice, gas pockets with probability `GAS_POCKETS`, lesions with `LESIONS`, then the
+# coarser grid with `RESOLUTION`, each from one seeded random generator. A slice thus looks different
+# in every epoch, and the same run draws the same changes again. The mask is never changed. Below,
+# four draws of one slice at this notebook's settings.
+
+# %%
+#@save
+class SliceDrawer:
+    """For a batch of windowed slices (N, H, W, 1) and their masks: gas pockets in a share ``gas_pockets``
+    of the slices, lesions in ``lesions``, then a coarser grid in ``resolution``; new draws at every call,
+    the same sequence for the same seed. Returns new images; the masks and the given arrays are unchanged."""
+
+    def __init__(self, gas_pockets=0.0, lesions=0.0, resolution=0.0, hu_window=(-1000, 400), seed=0):
+        self.gas_pockets, self.lesions, self.resolution = float(gas_pockets), float(lesions), float(resolution)
+        self.hu_window, self.rng = tuple(hu_window), np.random.default_rng(seed)
+
+    def __call__(self, images, masks):
+        images = np.array(images, dtype=np.float32)  # a copy
+        scale = images.shape[1] / 256  # the sizes below are for a 256-pixel slice
+        for image, mask in zip(images[..., 0], np.asarray(masks)[..., 0]):
+            changed = image
+            if self.rng.random() < self.gas_pockets:
+                changed = add_gas_pockets(changed, mask, self.rng, self.hu_window, radius_px=(3 * scale, 16 * scale))
+            if self.rng.random() < self.lesions:
+                changed = add_lesions(changed, mask, self.rng, self.hu_window, radius_px=(3 * scale, 30 * scale))
+            if self.rng.random() < self.resolution:
+                changed = coarsen(changed, self.rng)
+            image[...] = changed
+        return images
+
+
+def make_drawer(preprocessing: dict, seed: int = 0):
+    """02's SliceDrawer for a run's settings (preprocess.json), or None when it would draw nothing."""
+    shares = {key: float(preprocessing.get(key) or 0.0) for key in ("gas_pockets", "lesions", "resolution")}
+    if not any(shares.values()):
+        return None
+    return SliceDrawer(**shares, hu_window=(preprocessing["hu_min"], preprocessing["hu_max"]), seed=seed)
+
+# %%
+drawer = SliceDrawer(GAS_POCKETS, LESIONS, RESOLUTION, (HU_MIN, HU_MAX), seed=SPLIT_SEED)
+draws = [drawer(arrays["x_train"][:1], arrays["y_train"][:1])[0, ..., 0] for _ in range(4)]
+lu.show_pairs([[slice01, *draws]], ["training slice"] + [f"draw {i + 1}" for i in range(4)],
+              title=f"Four draws: gas pockets {GAS_POCKETS:.0%}, lesions {LESIONS:.0%}, coarser grid {RESOLUTION:.0%}",
+              path=output_dir / "figures" / "02_draws.png", synthetic=dataset["synthetic"], size=2.6);
+print("draws that differ from the slice:", sum(not np.array_equal(draw, slice01) for draw in draws), "of 4")
 
 # %% [markdown]
 # ## Augmentation
@@ -478,6 +552,7 @@ temporary.replace(arrays_path)
 settings = {"img_size": IMG_SIZE, "hu_min": HU_MIN, "hu_max": HU_MAX, "split": SPLIT, "split_seed": SPLIT_SEED,
             "split_method": f"manifest {split_manifest}" if split_manifest else "train_test_split",
             "augmentation": augmentation, "gas_pockets": float(GAS_POCKETS), "lesions": float(LESIONS),
+            "resolution": float(RESOLUTION),
             "train_on_flagged": train_on_flagged,
             "hu_calibration": calibration,
             "data_source": dataset["source"], "synthetic": dataset["synthetic"],
@@ -503,6 +578,9 @@ show_config(globals(), data=f"{dataset['source']}{lu.data_label(dataset['synthet
 # - Augmentation changes each training slice a little every time it is drawn: geometry (rotation,
 #   flips) on image and mask together, intensity (HU scale and shift, noise, blur) on the image alone,
 #   so that other scanners look familiar.
+# - What the slices lack is drawn into them, labelled by anatomy: gas pockets outside the lung stay
+#   "not lung", lesions inside it stay lung, and a coarser grid shows the network another scanner's
+#   detail. A new draw every batch means every slice is seen both with and without them.
 #
 # ## Try this
 # 1. Set a soft-tissue window, `HU_MIN, HU_MAX = -160, 240`, and rerun "The HU window". How much of the

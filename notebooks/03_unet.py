@@ -235,17 +235,22 @@ for label, guess in [("perfect", truth), ("half the lung", truth * (np.arange(8)
 
 # %% [markdown]
 # ## The input pipeline
-# `tf.data` feeds the training slices in a new random order every epoch, augmented as 02 set it
-# (changes of intensity, by default), in batches, prepared while the previous batch trains
-# (`prefetch`). Validation slices are neither shuffled nor augmented.
+# `tf.data` feeds the training slices in a new random order every epoch, in batches, prepared while
+# the previous batch trains (`prefetch`). Each training batch gets 02's changes drawn afresh: first
+# the gas pockets and the coarser grid (by default), which `SliceDrawer` draws in NumPy, called
+# through `tf.numpy_function`; then the changes of intensity, by Keras layers. Validation slices are
+# neither shuffled nor changed.
 
 # %%
 #@save
-def make_dataset(images, masks, batch_size: int, training: bool = False, seed: int = 0, augmenter=None):
+def make_dataset(images, masks, batch_size: int, training: bool = False, seed: int = 0, augmenter=None,
+                 drawer=None):
     dataset = tf.data.Dataset.from_tensor_slices((images, masks))
     if training:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
+    if training and drawer is not None:  # NumPy code in the pipeline: new gas pockets, lesions, coarser grids
+        dataset = dataset.map(lambda x, y: (tf.ensure_shape(tf.numpy_function(drawer, [x, y], tf.float32), x.shape), y))
     if training and augmenter is not None:
         dataset = dataset.map(lambda x, y: augment_pair(x, y, augmenter))
     return dataset.prefetch(tf.data.AUTOTUNE)
@@ -253,20 +258,22 @@ def make_dataset(images, masks, batch_size: int, training: bool = False, seed: i
 # %%
 augmenter = lu.make_augmenter(**preprocessing["augmentation"], hu_window=(preprocessing["hu_min"],
                                   preprocessing["hu_max"]), seed=SEED)  # None: augmentation off
+drawer = lu.make_drawer(preprocessing, seed=SEED)  # None: no gas pockets, lesions or coarser grid
 train_data = make_dataset(arrays["x_train"], arrays["y_train"], BATCH_SIZE, training=True, seed=SEED,
-                          augmenter=augmenter)
+                          augmenter=augmenter, drawer=drawer)
 val_data = make_dataset(arrays["x_val"], arrays["y_val"], BATCH_SIZE)
 print(f"{len(train_data)} training batches and {len(val_data)} validation batches of up to {BATCH_SIZE} slices")
 
 # %% [markdown]
-# One training batch, as `fit` will see it: shuffled, augmented (noise, blur, HU scale and shift),
-# the mask unchanged. It is drawn from a copy of the pipeline, so that training's own random draws
-# stay as they are.
+# One training batch, as `fit` will see it: shuffled, with its gas pockets and coarser grids, augmented
+# (noise, blur, HU scale and shift), the mask unchanged. It is drawn from a copy of the pipeline, so
+# that training's own random draws stay as they are.
 
 # %%
 preview = make_dataset(arrays["x_train"], arrays["y_train"], BATCH_SIZE, training=True, seed=SEED,
                        augmenter=lu.make_augmenter(**preprocessing["augmentation"], hu_window=(
-                           preprocessing["hu_min"], preprocessing["hu_max"]), seed=SEED))
+                           preprocessing["hu_min"], preprocessing["hu_max"]), seed=SEED),
+                       drawer=lu.make_drawer(preprocessing, seed=SEED))
 images, masks = next(iter(preview))
 lu.show_pairs([list(images.numpy()[:4, ..., 0]), list(masks.numpy()[:4, ..., 0])], [f"slice {i + 1}" for i in range(4)],
               ["input", "mask"], title=f"One training batch from tf.data: {tuple(images.shape)} images",

@@ -132,7 +132,7 @@ stage_summary(model)  # model.summary() lists all 95 layers
 augmenter = lu.make_augmenter(**preprocessing["augmentation"], hu_window=(preprocessing["hu_min"],
                                   preprocessing["hu_max"]), seed=SEED)  # None: augmentation off
 train_data = lu.make_dataset(arrays["x_train"], arrays["y_train"], BATCH_SIZE, training=True, seed=SEED,
-                             augmenter=augmenter)
+                             augmenter=augmenter, drawer=lu.make_drawer(preprocessing, seed=SEED))
 val_data = lu.make_dataset(arrays["x_val"], arrays["y_val"], BATCH_SIZE)
 steps = math.ceil(len(arrays["x_train"]) / BATCH_SIZE) * EPOCHS
 schedule = keras.optimizers.schedules.CosineDecay(LEARNING_RATE, decay_steps=steps, alpha=0.01)

@@ -29,7 +29,8 @@
 #
 # The example is a real whole chest CT with a reference lung mask. One ships with the repository: a COPD
 # patient's chest from the Chest Imaging Platform, which its authors shrank 8x (64x64 pixels of 4.17 mm,
-# 1 MB), so it looks blocky; it made this notebook's outputs. Where `idc-index` and a network are at
+# 1 MB), so it looks blocky; a model that learnt 0.8 mm slices finds its lungs because 02 showed it
+# coarser grids (`RESOLUTION`). It made this notebook's outputs. Where `idc-index` and a network are at
 # hand (Colab installs it), the example comes at full resolution from NCI's Imaging Data Commons
 # instead: a lung cancer patient of NSCLC-Radiomics (LUNG1-001, 134 slices of 512x512, 88 MB, CC BY-NC
 # 3.0) with the radiotherapy team's lung contours; that path is checked here against a stand-in only.

@@ -168,7 +168,8 @@ def test_lungseg_utils_stays_small_and_the_product_code_lives_in_lungseg():
     """lungseg_utils holds what several notebooks share; the own-scan tool and the bookkeeping live in
     lungseg/ (the layers: test_the_layers_run_one_way)."""
     source = build_utils.build()
-    assert len(source.splitlines()) <= 500, "lungseg_utils.py is meant to be small: move what one notebook uses out"
+    # 550 lines since 03's pipeline draws 02's gas pockets, lesions and coarser grids (issue 38)
+    assert len(source.splitlines()) <= 600, "lungseg_utils.py is meant to be small: move what one notebook uses out"
     notebooks = "\n".join(path.read_text() for path in NOTEBOOK_SOURCES)
     for name in ("read_dicom_series", "read_nifti", "find_scans", "split_lungs", "keep_lungs", "predict_scans",
                  "finish_training", "describe_device", "write_json", "kfold_split"):
@@ -400,5 +401,10 @@ def test_the_numbers_the_lessons_quote_are_those_of_the_committed_results():
         assert all(round(d, 4) <= bound for d in differences(label)), (stem, quoted, differences(label))
     assert "0.001 to 0.002 higher" in texts["03_unet"]
     assert all(0.001 <= round(d, 3) <= 0.002 for d in differences("lr1e-3"))
-    seeds = json.loads((results / "seeds.json").read_text())["summary"]["cip_dice"]
-    assert f"spans {seeds['range']:.2f}" in texts["02_preprocess"] and seeds["seeds"] >= 3
+    without, grid = (json.loads((results / f"seeds{suffix}.json").read_text())["summary"]["cip_dice"]
+                     for suffix in ("", "-resolution"))
+    assert f"spans {without['range']:.3f} without the coarser grid and {grid['range']:.3f} with it" in texts["02_preprocess"]
+    assert without["seeds"] >= 3 and grid["seeds"] >= 3
+    design2 = json.loads((results / "seeds-anatomic.json").read_text())["summary"]
+    assert f"up to {design2['example_ct_false_lung_ml']['max']:,.0f} mL" in texts["02_preprocess"]
+    assert design2["pathology_kaggle_consolidation_kept"]["min"] > 0.5  # "kept most of a consolidation"

@@ -179,3 +179,29 @@ def test_the_3d_step_drops_a_gas_tube_below_real_lungs(cip_scan):
     np.testing.assert_array_equal(kept, scans.keep_lungs(lungs, scan))  # the lungs as without the tube
     assert kept.sum() > 0.99 * lungs.sum()
     assert scans.keep_lungs(lungs | tube, scan, under_share=1.01)[tube].all()  # without the rule it would stay
+
+
+def test_measurements_give_the_share_of_dense_lung_that_a_mask_holds(cip):
+    """HAA and consolidation in measurements.csv, on the benchmark's lesions in the real COPD chest: with the
+    reference mask (which keeps the lesion) each share rises by the lesion's voxels in its band; with a mask that
+    leaves the lesion out it does not rise."""
+    from lungseg.measuring import CONSOLIDATION_HU, HAA_HU, scan_measurements
+    from lungseg.reading import Scan
+
+    benchmark, hu, lung, affine, xyz = cip
+
+    def measured(ct, mask):
+        scan = Scan("cip", "volume", np.moveaxis(ct, 2, 0), (4.17, 4.17), np.full(ct.shape[2], 4.0))
+        return scan_measurements(scan, np.moveaxis(mask, 2, 0).astype(np.uint8))
+
+    clear = measured(hu, lung)
+    assert clear["consolidation_percent"] < 1 and clear["haa_percent"] < 10  # a COPD chest: dark lung (vessels: HAA)
+    for kind, key, band in (("consolidation", "consolidation_percent", CONSOLIDATION_HU),
+                            ("ground_glass", "haa_percent", HAA_HU)):
+        where, value = benchmark.lesion(kind, lung, xyz, hu, 4.17, np.random.default_rng(0))
+        ct = benchmark.with_lesion(hu, where, value, lung)
+        in_band = (ct >= band[0]) & (ct <= band[1])
+        expected = 100 * np.count_nonzero(in_band & lung) / np.count_nonzero(lung)
+        kept = measured(ct, lung)
+        assert kept[key] == pytest.approx(expected, abs=0.01) and kept[key] > clear[key] + 2, kind
+        assert measured(ct, lung & ~where)[key] < clear[key] + 1, kind  # a mask without the lesion misses it
