@@ -213,7 +213,7 @@ def describe_runtime() -> str:
                                text=True).stdout.split("\n")[0].strip()
         if found:
             return f"Runtime: GPU ({found})."
-    return ("Runtime: CPU. At the defaults, training took about 4 minutes for the U-Net (03) and 5-6 for the Residual "
+    return ("Runtime: CPU. At the defaults, training took 4-12 minutes for the U-Net (03) and 6-14 for the Residual "
             "U-Net (04) on 2 CPU cores; in Colab, Runtime > Change runtime type > a GPU makes it faster.")
 
 

@@ -54,7 +54,7 @@ from lungseg.training import finish_training  # the best epoch's model and its r
 
 # %% [markdown]
 # ## Parameters
-# The defaults train in 4–6 minutes per model on 2 CPU cores.
+# The defaults train in 4–14 minutes per model on 2 CPU cores, by the host.
 # `IMG_SIZE` is the size the slices are resized to (02 makes the arrays at this size if needed).
 
 # %% tags=["parameters"]

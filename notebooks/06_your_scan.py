@@ -284,8 +284,9 @@ lu.save_figure(figure, output_dir / "figures" / "06_tumours.png", synthetic);
 # The tumour that the lung encloses comes back: a hole in the lung in 3D is lung. The one on the chest
 # wall does not: nothing closes the lung's outline over it, and the model took its density for the
 # chest wall. Teaching the network with lesions drawn into its training lungs (02's `LESIONS`) is the
-# data-diversity answer. It stays off by default until training with it is shown, over several
-# training seeds, not to cost dark lung elsewhere. Check the mask before you trust the volume of a
+# data-diversity answer. It stays off by default: so far, each way of drawing lesions that taught this
+# 2D network dense lung also taught it the liver or the colon below the lungs, or lost a dark lung, on
+# some training seed ([RESULTS.md](../RESULTS.md)). Check the mask before you trust the volume of a
 # diseased lung.
 
 # %% [markdown]

@@ -405,6 +405,8 @@ def test_the_numbers_the_lessons_quote_are_those_of_the_committed_results():
                      for suffix in ("", "-resolution"))
     assert f"spans {without['range']:.3f} without the coarser grid and {grid['range']:.3f} with it" in texts["02_preprocess"]
     assert without["seeds"] >= 3 and grid["seeds"] >= 3
+    bases = json.loads((results / "external.json").read_text())["volumes"]["totalsegmentator-example-ct"]["models"]
+    assert f"Dice {bases['resunet']['dice']:.3f} against {bases['unet']['dice']:.3f}" in texts["05_evaluate"]
     design2 = json.loads((results / "seeds-anatomic.json").read_text())["summary"]
     assert f"up to {design2['example_ct_false_lung_ml']['max']:,.0f} mL" in texts["02_preprocess"]
     assert design2["pathology_kaggle_consolidation_kept"]["min"] > 0.5  # "kept most of a consolidation"
