@@ -521,6 +521,8 @@ SEED_DESIGNS = {  # label -> what the design is and where its code lies (a desig
                            "design 2's disease and dark lung with design 3's coarser grid, the abdomen left to the 3D "
                            "step",
     "aerated-anatomic-resolution": "design 6's models with design 5's 3D step",
+    "full-res-lesions": "design 7, branch `full-res-lesions` (487c87d): design 3 with 02's lesions in half of the draws "
+                        "(`LESIONS` 0.5), each slice that gets lesions left at full resolution (no coarser grid)",
 }
 
 
